@@ -1,0 +1,1 @@
+"""Criterions of the plugin; each module registers itself with fairseq."""

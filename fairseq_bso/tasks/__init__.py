@@ -1,0 +1,1 @@
+"""Tasks of the plugin; each module registers itself with fairseq."""
