@@ -51,5 +51,5 @@ def corpus_bleu(hypotheses: Sequence[str], references: Sequence[str], tokenized:
     if len(hypotheses) != len(references):
         raise ValueError(f"{len(hypotheses)} hypotheses for {len(references)} references")
     bleu = sacrebleu.corpus_bleu(list(hypotheses), [list(references)],
-                                 tokenize="none" if tokenized else "13a")
+                                 tokenize="none" if tokenized else "13a", force=tokenized)
     return float(bleu.score)

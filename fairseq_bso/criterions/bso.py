@@ -1,0 +1,154 @@
+"""``--criterion bso``: Beam Search Optimization (Wiseman and Rush, EMNLP 2016).
+
+The training search and the loss live in :mod:`fairseq_bso.training_search`;
+this module is the fairseq glue: options, the beam-size curriculum, metrics.
+
+Loss scale.  The loss is summed over violations and sentences of the batch, and
+``sample_size`` is the number of sentences, so fairseq's update uses the mean
+over sentences (fairseq divides gradients by ``sample_size``).  The paper sums
+over a batch of 64 with Adagrad: to reproduce its step size, multiply its
+learning rate by the batch size (in sentences).
+
+Curriculum.  The training beam K grows from ``--bso-curriculum-start`` by one
+every ``--bso-curriculum-epochs`` epochs up to ``--bso-beam-size``.  K is derived
+from the epoch number alone (``task.begin_epoch`` tells the criterion), so a run
+resumed from ``checkpoint_last.pt`` continues with the right K.
+"""
+
+import logging
+from dataclasses import dataclass, field
+
+import torch
+from fairseq import metrics
+from fairseq.criterions import FairseqCriterion, register_criterion
+from fairseq.dataclass import ChoiceEnum, FairseqDataclass
+from fairseq.models import FairseqIncrementalDecoder
+
+from ..costs import COSTS
+from ..training_search import bso_loss, bso_search, deterministic_decoder, rescore
+
+logger = logging.getLogger(__name__)
+
+MARGIN = 1.0
+
+
+@dataclass
+class BSOConfig(FairseqDataclass):
+    bso_beam_size: int = field(default=6, metadata={"help": "training beam size K_tr (the gold must stay in the top K-1)"})
+    bso_cost: ChoiceEnum(list(COSTS)) = field(  # type: ignore
+        default="zero_one",
+        metadata={"help": "Δ: zero_one (1 per violation) or sentence_bleu (1 - smoothed BLEU of the violating segment)"},
+    )
+    bso_curriculum_start: int = field(
+        default=2, metadata={"help": "beam size of the first epoch (curriculum); set to --bso-beam-size to disable"})
+    bso_curriculum_epochs: int = field(
+        default=2, metadata={"help": "epochs per beam size in the curriculum (K grows by 1 after each block)"})
+
+
+def curriculum_beam_size(epoch: int, start: int, epochs_per_size: int, final: int) -> int:
+    """K for a (1-based) epoch: start, start+1 every ``epochs_per_size`` epochs, capped at ``final``."""
+    return min(final, start + max(epoch - 1, 0) // epochs_per_size)
+
+
+@register_criterion("bso", dataclass=BSOConfig)
+class BSOCriterion(FairseqCriterion):
+    def __init__(self, task, bso_beam_size=6, bso_cost="zero_one", bso_curriculum_start=2, bso_curriculum_epochs=2):
+        super().__init__(task)
+        tgt_dict = task.target_dictionary
+        if bso_beam_size < 2:
+            raise ValueError(f"--bso-beam-size must be >= 2 (the gold must beat the K-th item), got {bso_beam_size}")
+        if bso_beam_size > len(tgt_dict):
+            raise ValueError(
+                f"--bso-beam-size {bso_beam_size} is larger than the target vocabulary ({len(tgt_dict)} types)")
+        if not 2 <= bso_curriculum_start <= bso_beam_size:
+            raise ValueError(
+                f"--bso-curriculum-start must be in [2, --bso-beam-size={bso_beam_size}], got {bso_curriculum_start}")
+        if bso_curriculum_epochs < 1:
+            raise ValueError(f"--bso-curriculum-epochs must be >= 1, got {bso_curriculum_epochs}")
+        if str(bso_cost) not in COSTS:
+            raise ValueError(f"--bso-cost must be one of {sorted(COSTS)}, got {bso_cost}")
+        self.final_beam_size = bso_beam_size
+        self.curriculum_start = bso_curriculum_start
+        self.curriculum_epochs = bso_curriculum_epochs
+        self.cost_name = str(bso_cost)
+        self.cost = COSTS[self.cost_name]
+        self.pad, self.eos, self.bos = tgt_dict.pad(), tgt_dict.eos(), tgt_dict.bos()
+        self.epoch = 1
+        self._checked_model = False
+        self._hook_epochs(task)
+
+    def _hook_epochs(self, task):
+        """fairseq tells tasks, not criterions, when an epoch begins (also epoch 1 and
+        after a resume); forward the epoch so that the curriculum follows it."""
+        begin_epoch = task.begin_epoch
+
+        def begin_epoch_and_set_beam(epoch, model):
+            self.set_epoch(epoch)
+            return begin_epoch(epoch, model)
+
+        task.begin_epoch = begin_epoch_and_set_beam
+
+    def set_epoch(self, epoch: int) -> None:
+        old = self.beam_size
+        self.epoch = epoch
+        if self.beam_size != old or epoch == 1:
+            logger.info(f"BSO epoch {epoch}: training beam size K = {self.beam_size}")
+
+    @property
+    def beam_size(self) -> int:
+        return curriculum_beam_size(self.epoch, self.curriculum_start, self.curriculum_epochs, self.final_beam_size)
+
+    def check_model(self, model) -> None:
+        if self._checked_model:
+            return
+        decoder = getattr(model, "decoder", None)
+        if not isinstance(decoder, FairseqIncrementalDecoder):
+            raise ValueError(
+                f"--criterion bso needs an encoder-decoder model with an incremental decoder "
+                f"(fairseq's LSTM or Transformer); {type(model).__name__} has {type(decoder).__name__}")
+        self._checked_model = True
+
+    def forward(self, model, sample, reduce=True):
+        self.check_model(model)
+        net_input = sample["net_input"]
+        target = sample["target"]
+        encoder_out = model.encoder(net_input["src_tokens"], src_lengths=net_input["src_lengths"])
+        constraint = getattr(self.task, "training_constraint", None)
+        with deterministic_decoder(model.decoder):
+            result = bso_search(model, encoder_out, target, self.beam_size, self.pad, self.eos, self.bos,
+                                self.cost, MARGIN, constraint=constraint, src_tokens=net_input["src_tokens"])
+            gold, violating = rescore(model, encoder_out, target, result, self.pad, self.eos)
+        loss = bso_loss(gold, violating, result, MARGIN)
+
+        nsentences = target.size(0)
+        violations = result.violation.sum().item()
+        logging_output = {
+            "loss": loss.data,
+            "ntokens": sample["ntokens"],
+            "nsentences": nsentences,
+            "sample_size": nsentences,
+            "bso_violations": violations,
+            "bso_resets": result.reset.sum().item(),
+            "bso_delta": result.delta.sum().item(),
+            "bso_gold_on_beam": (~result.reset.any(1)).sum().item(),
+            "bso_beam": self.beam_size * nsentences,
+        }
+        return loss, nsentences, logging_output
+
+    @staticmethod
+    def reduce_metrics(logging_outputs) -> None:
+        def total(key):
+            return sum(log.get(key, 0) for log in logging_outputs)
+
+        loss, sample_size, nsentences = total("loss"), total("sample_size"), total("nsentences")
+        violations = total("bso_violations")
+        metrics.log_scalar("loss", loss / max(sample_size, 1), sample_size, round=3)
+        metrics.log_scalar("violations", violations / max(nsentences, 1), nsentences, round=3)
+        metrics.log_scalar("resets", total("bso_resets") / max(nsentences, 1), nsentences, round=3)
+        metrics.log_scalar("delta", total("bso_delta") / max(violations, 1), max(violations, 1), round=3)
+        metrics.log_scalar("gold_on_beam", total("bso_gold_on_beam") / max(nsentences, 1), nsentences, round=3)
+        metrics.log_scalar("bso_beam", total("bso_beam") / max(nsentences, 1), nsentences, round=2)
+
+    @staticmethod
+    def logging_outputs_can_be_summed() -> bool:
+        return True

@@ -1,0 +1,281 @@
+"""The BSO training search (Wiseman and Rush 2016, Algorithm 1), vectorized.
+
+Notation follows the paper.  ``f(w_t, h_{t-1})`` is the decoder's raw logit (no
+softmax); the beam at step t holds the top K successors of the beam at t-1,
+ranked by the step-t logits alone.  At step t:
+
+* **violation**: the gold ``y_t`` does not beat ``ŷ^(K)_t``, the K-th item on the
+  beam, by the margin (1): ``f(y_t) < f(ŷ^(K)_t) + 1``.  At the last step the
+  rival is the best *incorrect* sequence instead (the gold must end on top).
+* **reset** (LaSO): after a violation the beam is reset to the single gold prefix
+  ``y_{1:t}`` with the gold decoder state (and the gold constraint state), and the
+  search goes on from there.
+* **Δ**: the cost of the violating segment (since the last reset) against the
+  gold segment, see :mod:`fairseq_bso.costs`.
+
+    L = Σ_t Δ_t · [1 − f(y_t, h_{t−1}) + f(ŷ^(K)_t, ĥ^(K)_{t−1})]   over violation steps t
+
+Two passes, so that the backward cost does not grow with K:
+
+1. :func:`bso_search` runs the search without autograd over all B·K beam rows at
+   once.  The gold prefix is always on the beam (it either never fell off or the
+   beam was just reset to it), so no separate gold row is searched: a reset is a
+   beam reorder in which every row of the sentence copies the gold row, followed
+   by the gold token.  It records the violation steps, the resets, Δ, and the
+   tokens of the violating path.
+2. :func:`rescore` runs the decoder under autograd on 2·B rows only: the gold
+   path and the violating path.  At a reset the violating row's decoder state is
+   spliced from the gold row (``reorder_incremental_state`` with a repeated row,
+   which works for any fairseq incremental decoder), so the gradient of the next
+   violating segment flows into the gold path.  Only the two logits the loss
+   uses are computed (rows of the output projection), never a softmax.
+
+Ties and dead rows: a beam slot without a valid item (the first step, right after
+a reset, or when fewer than K successors exist, e.g. K ≥ vocabulary) scores −inf;
+a −inf rival never causes a violation.  ``</s>`` is an ordinary token during the
+training search (every beam item is a length-t prefix at step t, as in the
+paper); ``<pad>`` and ``<s>`` are never candidates.
+"""
+
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Callable, Optional
+
+import torch
+from torch import Tensor, nn
+
+NEG_INF = float("-inf")
+
+
+@dataclass
+class SearchResult:
+    """What the training search found, per sentence b and step t (B × T)."""
+
+    violation: Tensor  # bool: margin violated at step t (including the last step)
+    reset: Tensor  # bool: beam reset to the gold prefix after step t (violation before the last step)
+    delta: Tensor  # float: Δ at violation steps, 0 elsewhere
+    violating_tokens: Tensor  # long: the violating path's token at each step (gold outside violating segments)
+    gold_scores: Tensor  # float: f(y_t) during the search
+    rival_scores: Tensor  # float: f(ŷ^(K)_t), or the best incorrect at the last step
+    beam_size: int
+
+
+@contextmanager
+def deterministic_decoder(decoder: nn.Module):
+    """Decoder dropout off, so that the search and the re-scoring see the same network.
+
+    The encoder keeps its dropout: it runs once, and both passes share its output.
+    LSTM attention weights (returned in eval mode) are not needed here.
+    """
+    was_training = decoder.training
+    need_attn = getattr(decoder, "need_attn", None)
+    decoder.eval()
+    if need_attn is not None:
+        decoder.need_attn = False
+    try:
+        yield
+    finally:
+        decoder.train(was_training)
+        if need_attn is not None:
+            decoder.need_attn = need_attn
+
+
+def invalid_token_mask(vocab_size: int, special: tuple, device) -> Tensor:
+    """0 for candidate tokens, −inf for ``<pad>`` and ``<s>`` (never output)."""
+    mask = torch.zeros(vocab_size, device=device)
+    mask[list(special)] = NEG_INF
+    return mask
+
+
+@torch.no_grad()
+def bso_search(
+    model,
+    encoder_out,
+    target: Tensor,
+    beam_size: int,
+    pad: int,
+    eos: int,
+    bos: int,
+    cost: Callable[[Tensor, Tensor, Tensor], Tensor],
+    margin: float = 1.0,
+    constraint=None,
+    src_tokens: Optional[Tensor] = None,
+) -> SearchResult:
+    """Algorithm 1's forward pass for a batch: ``target`` is (B, T), right-padded, ending in ``</s>``."""
+    decoder = model.decoder
+    B, T = target.shape
+    K = beam_size
+    device = target.device
+    lengths = target.ne(pad).sum(1)
+    last_step = lengths - 1
+    sentence = torch.arange(B, device=device)
+    steps = torch.arange(T, device=device)
+
+    rows = sentence.repeat_interleave(K)
+    enc = model.encoder.reorder_encoder_out(encoder_out, rows)
+    incremental_state: dict = {}
+    tokens = target.new_full((B * K, T + 1), pad)
+    tokens[:, 0] = eos  # fairseq decoders start from </s>
+    live = torch.zeros(B, K, dtype=torch.bool, device=device)
+    live[:, 0] = True  # the beam starts as the single empty prefix
+    only_first = live.clone()
+    gold_slot = target.new_zeros(B)  # beam slot holding the gold prefix
+    segment_start = target.new_zeros(B)  # first step after the last reset
+    state = constraint.initial_state(src_tokens, K) if constraint is not None else None
+
+    violating_tokens = target.clone()
+    violation = torch.zeros(B, T, dtype=torch.bool, device=device)
+    reset = torch.zeros_like(violation)
+    gold_scores = torch.zeros(B, T, device=device)
+    rival_scores = torch.zeros(B, T, device=device)
+    invalid = None
+
+    for t in range(T):
+        logits = decoder(tokens[:, : t + 1], encoder_out=enc, incremental_state=incremental_state)[0]
+        logits = logits[:, -1, :].float()
+        V = logits.size(1)
+        if invalid is None:
+            invalid = invalid_token_mask(V, (pad, bos), device)
+        scores = logits + invalid
+        if constraint is not None:
+            scores = scores + constraint.mask(state)
+        scores = scores.view(B, K, V).masked_fill(~live.unsqueeze(2), NEG_INF).view(B, K * V)
+
+        top_scores, top_idx = scores.topk(K, dim=1)  # sorted, best first
+        gold_idx = gold_slot * V + target[:, t]
+        gold_score = scores.gather(1, gold_idx.unsqueeze(1)).squeeze(1)
+
+        # The rival: ŷ^(K) before the last step; the best incorrect item at the last step.
+        final = t == last_step
+        best_incorrect = (top_idx[:, 0] == gold_idx).long()
+        rival_pos = torch.where(final, best_incorrect, torch.full_like(best_incorrect, K - 1))
+        rival_score = top_scores.gather(1, rival_pos.unsqueeze(1)).squeeze(1)
+        rival_idx = top_idx.gather(1, rival_pos.unsqueeze(1)).squeeze(1)
+        active = t <= last_step
+        violated = active & (gold_score < rival_score + margin)
+
+        # The violating path since the last reset: the rival's prefix, then its token.
+        rival_row = sentence * K + torch.div(rival_idx, V, rounding_mode="floor")
+        history = tokens[rival_row, 1:].clone()
+        history[:, t] = rival_idx % V
+        in_segment = violated.unsqueeze(1) & (steps >= segment_start.unsqueeze(1)) & (steps <= t)
+        violating_tokens = torch.where(in_segment, history, violating_tokens)
+
+        violation[:, t] = violated
+        gold_scores[:, t] = gold_score
+        rival_scores[:, t] = rival_score
+        if t == T - 1:
+            break
+
+        # Next beam: the top K, or after a violation the reset to the gold prefix y_{1:t}.
+        do_reset = violated & ~final
+        reset[:, t] = do_reset
+        next_slot = torch.div(top_idx, V, rounding_mode="floor")
+        next_token = top_idx % V
+        gold_in_top = (top_idx == gold_idx.unsqueeze(1)).float().argmax(1)
+        next_slot = torch.where(do_reset.unsqueeze(1), gold_slot.unsqueeze(1).expand(B, K), next_slot)
+        next_token = torch.where(do_reset.unsqueeze(1), target[:, t : t + 1].expand(B, K), next_token)
+        live = torch.where(do_reset.unsqueeze(1), only_first, top_scores > NEG_INF)
+        gold_slot = torch.where(do_reset, torch.zeros_like(gold_slot), gold_in_top)
+        segment_start = torch.where(do_reset, torch.full_like(segment_start, t + 1), segment_start)
+
+        order = (sentence.unsqueeze(1) * K + next_slot).view(-1)
+        decoder.reorder_incremental_state_scripting(incremental_state, order)
+        tokens = tokens.index_select(0, order)
+        tokens[:, t + 1] = next_token.view(-1)
+        if constraint is not None:
+            state = constraint.step(constraint.reorder(state, order), next_token.view(-1))
+
+    delta = segment_costs(violation, reset, violating_tokens, target, cost)
+    return SearchResult(violation, reset, delta, violating_tokens, gold_scores, rival_scores, K)
+
+
+def segment_costs(violation: Tensor, reset: Tensor, violating_tokens: Tensor, target: Tensor,
+                  cost: Callable[[Tensor, Tensor, Tensor], Tensor]) -> Tensor:
+    """Δ for every violation at once: its segment runs from the step after the
+    previous reset (or 0) to the violation step."""
+    B, T = violation.shape
+    delta = torch.zeros(B, T, device=target.device)
+    b_idx, t_idx = violation.nonzero(as_tuple=True)
+    if b_idx.numel() == 0:
+        return delta
+    steps = torch.arange(T, device=target.device)
+    # start of the segment ending at t: 1 + the last reset strictly before t
+    reset_steps = torch.where(reset, steps.expand(B, T), torch.full_like(reset, -1, dtype=torch.long))
+    last_reset_before = torch.cummax(reset_steps, dim=1).values  # last reset at or before t
+    prev = torch.cat([last_reset_before.new_full((B, 1), -1), last_reset_before[:, :-1]], 1)
+    start = prev[b_idx, t_idx] + 1
+    mask = (steps.unsqueeze(0) >= start.unsqueeze(1)) & (steps.unsqueeze(0) <= t_idx.unsqueeze(1))
+    delta[b_idx, t_idx] = cost(violating_tokens[b_idx], target[b_idx], mask).to(delta.dtype)
+    return delta
+
+
+def output_projection(decoder):
+    """(weight, bias) of the decoder's output layer, or None when it is not a plain projection."""
+    if getattr(decoder, "adaptive_softmax", None) is not None:
+        return None
+    proj = getattr(decoder, "output_projection", None)  # TransformerDecoder
+    if isinstance(proj, nn.Linear):
+        return proj.weight, proj.bias
+    if hasattr(decoder, "share_input_output_embed"):  # LSTMDecoder
+        if decoder.share_input_output_embed:
+            return decoder.embed_tokens.weight, None
+        fc_out = getattr(decoder, "fc_out", None)
+        if isinstance(fc_out, nn.Linear):
+            return fc_out.weight, fc_out.bias
+    return None
+
+
+def gathered_logits(decoder, features: Tensor, tokens: Tensor) -> Tensor:
+    """f(tokens | features): the logits of the given tokens only, (N,) from (N, D) and (N,)."""
+    proj = output_projection(decoder)
+    if proj is None:  # any other output layer: compute all logits, keep the ones needed
+        return decoder.output_layer(features.unsqueeze(1)).squeeze(1).gather(1, tokens.unsqueeze(1)).squeeze(1)
+    weight, bias = proj
+    logits = (features * weight.index_select(0, tokens)).sum(-1)
+    if bias is not None:
+        logits = logits + bias.index_select(0, tokens)
+    return logits
+
+
+def rescore(model, encoder_out, target: Tensor, result: SearchResult, pad: int, eos: int):
+    """f(y_t) on the gold path and f(ŷ_t) on the violating path, under autograd.
+
+    Returns two (B, T) tensors.  The violating row follows ``result.violating_tokens``
+    and, after each reset, continues from the gold row's state and the gold token.
+    """
+    decoder = model.decoder
+    B, T = target.shape
+    device = target.device
+    both = torch.arange(B, device=device).repeat(2)
+    enc = model.encoder.reorder_encoder_out(encoder_out, both)
+    scored = torch.cat([target, result.violating_tokens], 0)  # the token each row scores at t
+    # inputs: </s> then the previous token; after a reset the violating row takes the gold token
+    prev_violating = torch.where(result.reset, target, result.violating_tokens)
+    inputs = torch.cat([target.new_full((2 * B, 1), eos), torch.cat([target, prev_violating], 0)], 1)[:, :T]
+    incremental_state: dict = {}
+    reset_steps = result.reset.any(0).nonzero().view(-1).tolist()
+    reset_rows = {}
+    for t in reset_steps:  # splice the violating row onto the gold row before step t + 1
+        order = torch.arange(2 * B, device=device)
+        idx = result.reset[:, t].nonzero().view(-1)
+        order[B + idx] = idx
+        reset_rows[t + 1] = order
+    # steps after the last violation of every sentence carry no loss
+    # (at least one step, so that the loss stays attached to the graph when nothing is violated)
+    needed = int(result.violation.nonzero()[:, 1].max().item()) + 1 if result.violation.any() else 1
+    logits = []
+    for t in range(needed):
+        if t in reset_rows:
+            decoder.reorder_incremental_state_scripting(incremental_state, reset_rows[t])
+        features = decoder.extract_features(inputs[:, : t + 1], encoder_out=enc, incremental_state=incremental_state)[0]
+        logits.append(gathered_logits(decoder, features[:, -1, :], scored[:, t]))
+    f = torch.stack(logits, 1).float()
+    f = torch.cat([f, f.new_zeros(2 * B, T - needed)], 1)
+    return f[:B], f[B:]
+
+
+def bso_loss(gold: Tensor, violating: Tensor, result: SearchResult, margin: float = 1.0) -> Tensor:
+    """Σ over violation steps of Δ · [margin − f(y_t) + f(ŷ_t)] (summed over the batch)."""
+    terms = result.delta * (margin - gold + violating)
+    return torch.where(result.violation, terms, torch.zeros_like(terms)).sum()

@@ -1,0 +1,173 @@
+"""The vectorized BSO search + re-scoring against the literal Algorithm 1 (tests/bso_reference.py)."""
+
+import random
+
+import pytest
+import torch
+from fairseq.data import Dictionary
+from fairseq.models.lstm import LSTMDecoder, LSTMEncoder, LSTMModel
+
+from bso_reference import reference_bso
+from fairseq_bso.costs import COSTS, segment_bleu
+from fairseq_bso.training_search import (bso_loss, bso_search, deterministic_decoder, gathered_logits,
+                                         rescore)
+
+SYMBOLS = list("abcde")
+
+
+def make_dict():
+    d = Dictionary()
+    for s in SYMBOLS:
+        d.add_symbol(s)
+    return d
+
+
+def make_model(d, seed, layers=1, bidirectional=False, share=False):
+    torch.manual_seed(seed)
+    enc = LSTMEncoder(d, embed_dim=8, hidden_size=8, num_layers=layers, dropout_in=0.0, dropout_out=0.0,
+                      bidirectional=bidirectional, padding_idx=d.pad())
+    dec = LSTMDecoder(d, embed_dim=8, hidden_size=8, out_embed_dim=8, num_layers=layers, dropout_in=0.0,
+                      dropout_out=0.0, encoder_output_units=enc.output_units, share_input_output_embed=share)
+    model = LSTMModel(enc, dec)
+    with torch.no_grad():  # spread the logits so that beams differ and ties are unlikely
+        for p in model.parameters():
+            p.mul_(4.0)
+    return model
+
+
+def left_pad(seqs, pad):
+    width = max(len(s) for s in seqs)
+    return torch.tensor([[pad] * (width - len(s)) + s for s in seqs])
+
+
+def right_pad(seqs, pad):
+    width = max(len(s) for s in seqs)
+    return torch.tensor([s + [pad] * (width - len(s)) for s in seqs])
+
+
+def random_batch(d, rng, batch):
+    words = [d.index(s) for s in SYMBOLS]
+    srcs, golds = [], []
+    for _ in range(batch):
+        srcs.append([rng.choice(words) for _ in range(rng.randint(1, 5))] + [d.eos()])
+        # internal </s> in some golds: </s> is an ordinary token of the training search
+        body = [rng.choice(words + [d.eos()]) for _ in range(rng.randint(0, 6))]
+        golds.append(body + [d.eos()])
+    order = sorted(range(batch), key=lambda i: -len(srcs[i]))  # LSTM encoder: sorted by length
+    return [srcs[i] for i in order], [golds[i] for i in order]
+
+
+def list_cost(name):
+    def cost(viol, gold):
+        t = torch.tensor([viol])
+        g = torch.tensor([gold])
+        return COSTS[name](t, g, torch.ones_like(t, dtype=torch.bool)).item()
+    return cost
+
+
+def vectorized(model, d, srcs, golds, K, cost):
+    src = left_pad(srcs, d.pad())
+    lengths = torch.tensor([len(s) for s in srcs])
+    target = right_pad(golds, d.pad())
+    enc = model.encoder(src, src_lengths=lengths)
+    with deterministic_decoder(model.decoder):
+        result = bso_search(model, enc, target, K, d.pad(), d.eos(), d.bos(), COSTS[cost])
+        gold, viol = rescore(model, enc, target, result, d.pad(), d.eos())
+    return result, bso_loss(gold, viol, result)
+
+
+def grads(model, loss):
+    model.zero_grad()
+    loss.backward()
+    return {n: (p.grad.clone() if p.grad is not None else torch.zeros_like(p)) for n, p in model.named_parameters()}
+
+
+CASES = [(seed, K, cost) for seed in range(6) for K, cost in ((2, "zero_one"), (3, "sentence_bleu"), (4, "zero_one"),
+                                                                (9, "zero_one"), (12, "sentence_bleu"))]
+
+
+@pytest.mark.parametrize("seed,K,cost", CASES)
+def test_vectorized_search_equals_reference(seed, K, cost):
+    d = make_dict()
+    model = make_model(d, seed, layers=1 + seed % 2, bidirectional=seed % 3 == 0, share=seed % 2 == 1)
+    model.train()
+    rng = random.Random(seed)
+    srcs, golds = random_batch(d, rng, batch=5)
+    result, loss = vectorized(model, d, srcs, golds, K, cost)
+    g_vec = grads(model, loss)
+
+    ref_loss = 0.0
+    for b, (s, g) in enumerate(zip(srcs, golds)):
+        viols, resets, l_b, deltas = reference_bso(
+            model, torch.tensor([s]), torch.tensor([len(s)]), g, K, {d.pad(), d.bos()}, list_cost(cost), d.eos())
+        assert result.violation[b].nonzero().view(-1).tolist() == viols, f"sentence {b}"
+        assert result.reset[b].nonzero().view(-1).tolist() == resets, f"sentence {b}"
+        for t, delta in deltas.items():
+            assert result.delta[b, t].item() == pytest.approx(delta, abs=1e-5)
+        assert not result.violation[b, len(g):].any()
+        ref_loss = ref_loss + l_b
+    assert loss.item() == pytest.approx(float(ref_loss), rel=1e-4, abs=1e-4)
+    if torch.is_tensor(ref_loss) and ref_loss.requires_grad:
+        g_ref = grads(model, ref_loss)
+        for name in g_vec:
+            torch.testing.assert_close(g_vec[name], g_ref[name], rtol=1e-3, atol=1e-4, msg=name)
+
+
+def test_cases_cover_the_corner_cases():
+    """The random cases above include length-1 targets, internal </s>, K >= vocabulary, resets."""
+    d = make_dict()
+    seen_len1 = seen_internal_eos = False
+    for seed in range(6):
+        _, golds = random_batch(d, random.Random(seed), batch=5)
+        seen_len1 |= any(len(g) == 1 for g in golds)
+        seen_internal_eos |= any(d.eos() in g[:-1] for g in golds)
+    assert seen_len1 and seen_internal_eos
+    assert max(K for _, K, _ in CASES) > len(d) - 2  # more beam slots than candidate tokens
+
+
+def test_gold_that_never_falls_off_gives_zero_loss():
+    """Optimize the BSO loss on one example until the gold wins everywhere: then no violation, loss 0."""
+    d = make_dict()
+    model = make_model(d, 0)
+    model.train()
+    srcs, golds = [[d.index("a"), d.index("b"), d.eos()]], [[d.index("c"), d.index("a"), d.index("e"), d.eos()]]
+    opt = torch.optim.Adam(model.parameters(), lr=0.05)
+    for _ in range(200):
+        result, loss = vectorized(model, d, srcs, golds, 3, "zero_one")
+        if not result.violation.any():
+            break
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    result, loss = vectorized(model, d, srcs, golds, 3, "zero_one")
+    assert not result.violation.any() and loss.item() == 0.0
+    viols, resets, ref_loss, _ = reference_bso(model, torch.tensor(srcs), torch.tensor([3]), golds[0], 3,
+                                               {d.pad(), d.bos()}, list_cost("zero_one"), d.eos())
+    assert viols == [] and float(ref_loss) == 0.0
+    g = grads(model, loss)  # the zero loss still backpropagates (fairseq calls backward on it)
+    assert all(v.abs().sum() == 0 for v in g.values())
+
+
+def test_gathered_logits_equal_full_output_layer():
+    d = make_dict()
+    for share in (False, True):
+        model = make_model(d, 1, share=share)
+        feats = torch.randn(7, 8)
+        tokens = torch.randint(0, len(d), (7,))
+        full = model.decoder.output_layer(feats).gather(1, tokens.unsqueeze(1)).squeeze(1)
+        torch.testing.assert_close(gathered_logits(model.decoder, feats, tokens), full)
+
+
+def test_segment_costs_use_the_segment_since_the_last_reset():
+    """A hand-made case: a reset at step 1, then a violation at step 3 scored on steps 2..3 only."""
+    from fairseq_bso.training_search import segment_costs
+    target = torch.tensor([[5, 6, 7, 8, 2]])
+    viol_tokens = torch.tensor([[9, 6, 7, 9, 2]])
+    violation = torch.tensor([[False, True, False, True, False]])
+    reset = violation.clone()
+    delta = segment_costs(violation, reset, viol_tokens, target, COSTS["sentence_bleu"])
+    mask01 = torch.tensor([[True, True, False, False, False]])
+    mask23 = torch.tensor([[False, False, True, True, False]])
+    assert delta[0, 1].item() == pytest.approx(1 - segment_bleu(viol_tokens, target, mask01, mask01).item())
+    assert delta[0, 3].item() == pytest.approx(1 - segment_bleu(viol_tokens, target, mask23, mask23).item())
+    assert delta[0, 0] == 0 and delta[0, 2] == 0
