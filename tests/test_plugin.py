@@ -1,6 +1,7 @@
 """The plugin loads through --user-dir and as the installed package."""
 
 import os
+import subprocess
 
 import harness
 
@@ -11,7 +12,9 @@ def test_train_help_lists_plugin_with_user_dir():
 
 
 def test_user_dir_of_installed_package_points_at_plugin():
-    proc = harness.run(["python", "-m", "fairseq_bso.path"])
+    # as in fairseq-train --user-dir "$(python3 -m fairseq_bso.path)": stdout only
+    proc = subprocess.run(["python3", "-m", "fairseq_bso.path"], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+                          text=True, check=True, cwd="/", env=harness.env_without_overrides())
     path = proc.stdout.strip()
     assert os.path.isfile(os.path.join(path, "__init__.py"))
     assert os.path.basename(path) == "fairseq_bso"
