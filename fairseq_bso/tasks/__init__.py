@@ -1,1 +1,3 @@
 """Tasks of the plugin; each module registers itself with fairseq."""
+
+from . import constrained_beam_training  # noqa: F401

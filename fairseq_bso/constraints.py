@@ -1,0 +1,116 @@
+"""Output constraints that shape the beam, in training (ConBSO) and generation alike.
+
+A constraint is a per-row state (one row per beam item of every sentence) and
+four vectorized operations on it:
+
+* ``initial_state(src_tokens, beam)``: the state of the empty prefix, ``beam`` rows per sentence;
+* ``mask(state)``: (rows, V) additive mask, 0 for allowed tokens and −inf for the others;
+* ``step(state, tokens)``: the state after each row emits ``tokens`` (rows,);
+* ``reorder(state, order)``: rows reordered (``order`` may repeat rows: beam reorder, LaSO reset).
+
+The same objects serve the ``bso`` training search and ``fairseq-generate``
+(:mod:`fairseq_bso.generation`).  ``check(src, tgt)`` validates a gold pair at data
+loading and returns an error message or None.
+
+Register your own with :func:`register_constraint` from your own ``--user-dir``
+(see ``examples/constraints/README.md``).
+"""
+
+from typing import Callable, Dict, Optional, Type
+
+import torch
+from torch import Tensor
+
+NEG_INF = float("-inf")
+
+CONSTRAINTS: Dict[str, Type["Constraint"]] = {}
+
+
+def register_constraint(name: str) -> Callable:
+    def wrap(cls):
+        if name in CONSTRAINTS and CONSTRAINTS[name] is not cls:
+            raise ValueError(f"constraint {name!r} is already registered by {CONSTRAINTS[name].__name__}")
+        CONSTRAINTS[name] = cls
+        cls.name = name
+        return cls
+    return wrap
+
+
+def build_constraint(name: str, src_dict, tgt_dict) -> Optional["Constraint"]:
+    if name in (None, "", "none"):
+        return None
+    if name not in CONSTRAINTS:
+        raise ValueError(f"--constraint {name!r} is unknown; registered: none, {', '.join(sorted(CONSTRAINTS))}")
+    return CONSTRAINTS[name](src_dict, tgt_dict)
+
+
+class Constraint:
+    name = "base"
+    # (a, b) when the output length is known from the source length (generation stops at
+    # a * src_len + b steps, src_len counting </s>); None: fairseq's --max-len-a/b
+    max_len_a_b = None
+
+    def __init__(self, src_dict, tgt_dict):
+        self.src_dict = src_dict
+        self.tgt_dict = tgt_dict
+
+    def initial_state(self, src_tokens: Tensor, beam: int):
+        raise NotImplementedError
+
+    def mask(self, state) -> Tensor:
+        raise NotImplementedError
+
+    def step(self, state, tokens: Tensor):
+        raise NotImplementedError
+
+    def reorder(self, state, order: Tensor):
+        return state.index_select(0, order)
+
+    def check(self, src: Tensor, tgt: Tensor) -> Optional[str]:
+        """Why the gold pair (1-d tensors, target ending in </s>) violates the constraint, or None."""
+        state = self.initial_state(src.unsqueeze(0), 1)
+        for i, tok in enumerate(tgt.tolist()):
+            if self.mask(state)[0, tok] == NEG_INF:
+                return f"target token {i} ({self.tgt_dict[tok]!r}) is not allowed there"
+            state = self.step(state, tgt.new_tensor([tok]))
+        return None
+
+
+@register_constraint("word_order")
+class WordOrderConstraint(Constraint):
+    """The output is a permutation of the source words: a remaining-count tensor
+    over the source multiset; a token is allowed while its count is positive;
+    ``</s>`` only when every count is zero.  Needs a joined dictionary."""
+
+    max_len_a_b = (1, 0)  # n words + </s> = the source length
+
+    def __init__(self, src_dict, tgt_dict):
+        super().__init__(src_dict, tgt_dict)
+        if src_dict is not None and list(src_dict.symbols) != list(tgt_dict.symbols):
+            raise ValueError("--constraint word_order needs one dictionary for source and target "
+                             "(fairseq-preprocess --joined-dictionary)")
+        self.eos, self.pad = tgt_dict.eos(), tgt_dict.pad()
+        self.vocab = len(tgt_dict)
+
+    def initial_state(self, src_tokens: Tensor, beam: int) -> Tensor:
+        counts = torch.zeros(src_tokens.size(0), self.vocab, dtype=torch.int32, device=src_tokens.device)
+        counts.scatter_add_(1, src_tokens, torch.ones_like(src_tokens, dtype=torch.int32))
+        counts[:, self.pad] = 0
+        counts[:, self.eos] = 0
+        return counts.repeat_interleave(beam, dim=0)
+
+    def mask(self, counts: Tensor) -> Tensor:
+        allowed = counts > 0
+        allowed[:, self.eos] = ~allowed.any(1)
+        return torch.zeros(allowed.shape, device=counts.device).masked_fill_(~allowed, NEG_INF)
+
+    def step(self, counts: Tensor, tokens: Tensor) -> Tensor:
+        used = torch.zeros_like(counts).scatter_(1, tokens.unsqueeze(1), 1)
+        used[:, self.eos] = 0
+        return (counts - used).clamp_(min=0)
+
+    def check(self, src: Tensor, tgt: Tensor) -> Optional[str]:
+        words = lambda t: sorted(x for x in t.tolist() if x not in (self.eos, self.pad))  # noqa: E731
+        if words(src) != words(tgt) or tgt[-1].item() != self.eos or (tgt[:-1] == self.eos).any():
+            return "the target is not a permutation of the source words"
+        return None
