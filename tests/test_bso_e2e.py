@@ -89,3 +89,25 @@ def test_transformer_trains_with_bso(word_order_bin, tmp_path):
             "--encoder-attention-heads", "2", "--decoder-attention-heads", "2"]
     proc = harness.train(word_order_bin, str(tmp_path), arch=arch, criterion=BSO, max_epoch=1)
     assert epoch_beams(proc.stdout) == {1: 2.0}
+
+
+def test_model_without_incremental_decoder_is_refused():
+    from types import SimpleNamespace
+    from fairseq.data import Dictionary
+    from fairseq_bso.criterions.bso import BSOCriterion
+
+    d = Dictionary()
+    for s in "abcdef":
+        d.add_symbol(s)
+    task = SimpleNamespace(target_dictionary=d, begin_epoch=lambda epoch, model: None)
+    criterion = BSOCriterion(task, bso_beam_size=3, bso_curriculum_start=2)
+    model = torch.nn.Module()
+    model.encoder, model.decoder = torch.nn.Linear(2, 2), torch.nn.Linear(2, 2)
+    with pytest.raises(ValueError, match="needs an encoder-decoder model with an incremental decoder"):
+        task.begin_epoch(1, model)  # checked when training begins, before the first update
+
+
+def test_curriculum_beam_sizes():
+    from fairseq_bso.criterions.bso import curriculum_beam_size
+    assert [curriculum_beam_size(e, 2, 2, 6) for e in range(1, 13)] == [2, 2, 3, 3, 4, 4, 5, 5, 6, 6, 6, 6]
+    assert [curriculum_beam_size(e, 6, 2, 6) for e in range(1, 4)] == [6, 6, 6]

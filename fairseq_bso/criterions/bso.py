@@ -83,6 +83,7 @@ class BSOCriterion(FairseqCriterion):
         begin_epoch = task.begin_epoch
 
         def begin_epoch_and_set_beam(epoch, model):
+            self.check_model(model)
             self.set_epoch(epoch)
             return begin_epoch(epoch, model)
 

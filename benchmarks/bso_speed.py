@@ -1,0 +1,168 @@
+#!/usr/bin/env python3
+"""Time per update and peak memory of ``--criterion bso`` at K = 2..6 against token NLL.
+
+Same model (fairseq's ``lstm_wiseman_iwslt_de_en``, 1×256 LSTM), same batches of real
+data (``../shared/data/l10n-de-en``, sentencepiece 8k, batches of 128 sentences),
+2 threads.  Timing is paired: every round runs every method on the same batches
+in one process, and the figures are medians over rounds (and the median of the
+per-round ratios).  Peak memory is measured in a fresh subprocess per method: the
+rise of the peak resident set size over the resident size before the first update.
+
+    python3 benchmarks/bso_speed.py                 # writes benchmarks/results/bso_speed.json
+    python3 benchmarks/bso_speed.py --rounds 7 --batches 4
+"""
+
+import argparse
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import time
+
+import torch
+
+from common import ROOT, deen_bin, write_results
+
+sys.path.insert(0, ROOT)
+
+METHODS = ["nll"] + [f"bso{k}" for k in range(2, 7)]
+
+
+def build(data, method, pretrain_state=None):
+    from fairseq import options, tasks
+    from fairseq.dataclass.utils import convert_namespace_to_omegaconf
+    import fairseq_bso  # noqa: F401
+
+    criterion = ["--criterion", "cross_entropy"] if method == "nll" else \
+        ["--criterion", "bso", "--bso-beam-size", method[3:], "--bso-curriculum-start", method[3:]]
+    parser = options.get_training_parser()
+    args = options.parse_args_and_arch(parser, [data, "--user-dir", os.path.join(ROOT, "fairseq_bso"),
+                                                "--arch", "lstm_wiseman_iwslt_de_en", "--cpu", *criterion])
+    cfg = convert_namespace_to_omegaconf(args)
+    task = tasks.setup_task(cfg.task)
+    model = task.build_model(cfg.model)
+    if pretrain_state is not None:
+        model.load_state_dict(pretrain_state)
+    return task, model, task.build_criterion(cfg.criterion)
+
+
+def batches(task, n, batch_size, seed=1):
+    task.load_dataset("train")
+    itr = task.get_batch_iterator(dataset=task.dataset("train"), max_sentences=batch_size,
+                                  required_batch_size_multiple=1, seed=seed).next_epoch_itr(shuffle=True)
+    out = []
+    for sample in itr:
+        if sample["target"].size(0) == batch_size:
+            out.append(sample)
+        if len(out) == n:
+            return out
+    return out
+
+
+def update(model, criterion, optimizer, sample):
+    model.train()
+    optimizer.zero_grad()
+    loss, sample_size, _ = criterion(model, sample)
+    (loss / sample_size).backward()
+    torch.nn.utils.clip_grad_norm_(model.parameters(), 5.0)
+    optimizer.step()
+
+
+def pretrain(data, updates, batch_size):
+    """A model trained briefly with NLL, so that BSO sees realistic violation counts."""
+    task, model, criterion = build(data, "nll")
+    optimizer = torch.optim.Adam(model.parameters(), lr=0.002)
+    for i, sample in enumerate(batches(task, updates, batch_size, seed=2)):
+        update(model, criterion, optimizer, sample)
+    return model.state_dict()
+
+
+def rss_bytes():
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def memory_probe(args):
+    state = torch.load(args.state, weights_only=True)
+    task, model, criterion = build(args.data, args.memory_probe, state)
+    samples = batches(task, args.batches, args.batch_size)
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-4)
+    update(model, criterion, optimizer, samples[0])  # optimizer state allocated, allocator warm
+    before = rss_bytes()
+    for sample in samples:
+        update(model, criterion, optimizer, sample)
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    print(json.dumps({"peak_rise_bytes": max(peak - before, 0), "peak_bytes": peak}))
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--batches", type=int, default=3)
+    parser.add_argument("--batch-size", type=int, default=128)
+    parser.add_argument("--pretrain-updates", type=int, default=150)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--memory-probe", choices=METHODS, help=argparse.SUPPRESS)
+    parser.add_argument("--state", help=argparse.SUPPRESS)
+    parser.add_argument("--data", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(1)
+    if args.memory_probe:
+        return memory_probe(args)
+
+    started = time.time()
+    data = deen_bin()
+    print(f"pretraining {args.pretrain_updates} NLL updates", flush=True)
+    state = pretrain(data, args.pretrain_updates, args.batch_size)
+    built = {m: build(data, m, state) for m in METHODS}
+    samples = batches(built["nll"][0], args.batches, args.batch_size)
+    tokens = sum(s["ntokens"] for s in samples) / len(samples)
+    print(f"{len(samples)} batches of {args.batch_size} sentences, {tokens:.0f} target tokens each", flush=True)
+    times = {m: [] for m in METHODS}
+    for r in range(args.rounds + 1):  # round 0 warms up
+        for m in METHODS:
+            task, model, criterion = built[m]
+            model.load_state_dict(state)
+            optimizer = torch.optim.Adam(model.parameters(), lr=1e-4)
+            t0 = time.perf_counter()
+            for sample in samples:
+                update(model, criterion, optimizer, sample)
+            if r > 0:
+                times[m].append((time.perf_counter() - t0) / len(samples))
+        if r > 0:
+            print(f"round {r}: " + ", ".join(f"{m} {times[m][-1] * 1000:.0f} ms" for m in METHODS), flush=True)
+
+    state_path = os.path.join(os.path.dirname(data), "bso_speed_state.pt")
+    torch.save(state, state_path)
+    memory = {}
+    for m in METHODS:
+        out = subprocess.run([sys.executable, __file__, "--memory-probe", m, "--state", state_path, "--data", data,
+                              "--batches", str(args.batches), "--batch-size", str(args.batch_size),
+                              "--threads", str(args.threads)],
+                             stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, check=True).stdout
+        memory[m] = json.loads(out.strip().splitlines()[-1])
+        print(f"memory {m}: peak rise {memory[m]['peak_rise_bytes'] / 2**20:.1f} MiB", flush=True)
+
+    nll = statistics.median(times["nll"])
+    rows = {}
+    for m in METHODS:
+        ratios = [t / n for t, n in zip(times[m], times["nll"])]
+        rows[m] = {"ms_per_update": round(statistics.median(times[m]) * 1000, 1),
+                   "time_ratio": round(statistics.median(ratios), 3),
+                   "peak_memory_rise_mib": round(memory[m]["peak_rise_bytes"] / 2**20, 1),
+                   "mem_ratio": round(memory[m]["peak_rise_bytes"] / max(memory["nll"]["peak_rise_bytes"], 1), 3),
+                   "peak_rss_mib": round(memory[m]["peak_bytes"] / 2**20, 1)}
+    results = {"model": "lstm_wiseman_iwslt_de_en", "data": "l10n-de-en spm8k train",
+               "batch_sentences": args.batch_size, "mean_target_tokens": round(tokens, 1),
+               "rounds": args.rounds, "threads": args.threads, "nll_ms_per_update": round(nll * 1000, 1),
+               "time_ratio_k6": rows["bso6"]["time_ratio"], "mem_ratio_k6": rows["bso6"]["mem_ratio"],
+               "rows": rows}
+    print(json.dumps(rows, indent=1))
+    write_results("bso_speed", results, started)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,50 @@
+"""Shared helpers of the benchmarks: data, results files."""
+
+import json
+import os
+import subprocess
+import sys
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(HERE)
+SHARED = os.path.abspath(os.path.join(ROOT, "..", "shared", "data"))
+WORK = os.path.join(ROOT, "runs", "benchmarks")
+RESULTS = os.path.join(HERE, "results")
+sys.path.insert(0, ROOT)
+
+
+def deen_bin(vocab_size: int = 8000) -> str:
+    """l10n-de-en, sentencepiece (joint, 8k), binarized; built once under runs/benchmarks."""
+    from fairseq_bso.prep import prepare_translation
+
+    out = os.path.join(WORK, f"deen_spm{vocab_size}")
+    if not os.path.exists(os.path.join(out, "bin", "test.de-en.en.idx")):
+        src = os.path.join(SHARED, "l10n-de-en")
+        prepare_translation(f"{src}/train", f"{src}/valid", f"{src}/test", "de", "en", out, vocab_size)
+    return os.path.join(out, "bin")
+
+
+def git_commit() -> str:
+    try:
+        return subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, stdout=subprocess.PIPE, text=True,
+                              check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+def write_results(name: str, results: dict, started: float) -> str:
+    """Write benchmarks/results/NAME.json with the command, commit and wall time."""
+    results = dict(results)
+    results["command"] = " ".join(["python3"] + sys.argv)
+    results["git_commit"] = git_commit()
+    results["wall_seconds"] = round(time.time() - started, 1)
+    os.makedirs(RESULTS, exist_ok=True)
+    path = os.path.join(RESULTS, f"{name}.json")
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        json.dump(results, f, indent=2)
+        f.write("\n")
+    os.replace(tmp, path)
+    print(f"wrote {path}")
+    return path
