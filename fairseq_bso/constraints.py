@@ -114,3 +114,59 @@ class WordOrderConstraint(Constraint):
         if words(src) != words(tgt) or tgt[-1].item() != self.eos or (tgt[:-1] == self.eos).any():
             return "the target is not a permutation of the source words"
         return None
+
+
+@register_constraint("arc_standard")
+class ArcStandardConstraint(Constraint):
+    """Arc-standard transition sequences (see :mod:`fairseq_bso.parsing`): a shift must emit
+    the next source word; a reduce (``@L_*``/``@R_*``) needs two items on the stack;
+    ``</s>`` only after all n words are shifted and one item is left: 2n − 1 actions.
+
+    State per row: (source words, next word position, stack size).  Needs a joined dictionary.
+    """
+
+    max_len_a_b = (2, -3)  # 2n − 1 actions + </s>, the source length being n + 1
+
+    def __init__(self, src_dict, tgt_dict):
+        super().__init__(src_dict, tgt_dict)
+        if src_dict is not None and list(src_dict.symbols) != list(tgt_dict.symbols):
+            raise ValueError("--constraint arc_standard needs one dictionary for source and target "
+                             "(fairseq-preprocess --joined-dictionary)")
+        self.eos, self.pad = tgt_dict.eos(), tgt_dict.pad()
+        self.vocab = len(tgt_dict)
+        self.reduce = torch.tensor([s.startswith("@L_") or s.startswith("@R_") for s in tgt_dict.symbols])
+        if not self.reduce.any():
+            raise ValueError("--constraint arc_standard: the dictionary has no @L_/@R_ reduce actions")
+
+    def initial_state(self, src_tokens: Tensor, beam: int):
+        # right-align-free copy of the words: position p of row = p-th word (pads and </s> dropped)
+        is_word = src_tokens.ne(self.pad) & src_tokens.ne(self.eos)
+        n = is_word.sum(1)
+        order = torch.sort((~is_word).int(), dim=1, stable=True).indices  # words first, in order
+        words = src_tokens.gather(1, order).masked_fill(
+            torch.arange(src_tokens.size(1), device=src_tokens.device) >= n.unsqueeze(1), self.pad)
+        words = torch.cat([words, words.new_full((words.size(0), 1), self.pad)], 1)  # a slot past the end
+        zeros = torch.zeros_like(n)
+        return tuple(x.repeat_interleave(beam, dim=0) for x in (words, n, zeros, zeros))
+
+    def mask(self, state) -> Tensor:
+        words, n, pos, stack = state
+        rows = words.size(0)
+        reduce = self.reduce.to(words.device)
+        allowed = reduce.unsqueeze(0) & (stack >= 2).unsqueeze(1)
+        allowed = allowed.expand(rows, self.vocab).clone()
+        can_shift = pos < n
+        next_word = words.gather(1, pos.unsqueeze(1)).squeeze(1)
+        allowed[torch.arange(rows, device=words.device)[can_shift], next_word[can_shift]] = True
+        allowed[:, self.eos] = (pos == n) & (stack == 1)
+        return torch.zeros(allowed.shape, device=words.device).masked_fill_(~allowed, NEG_INF)
+
+    def step(self, state, tokens: Tensor):
+        words, n, pos, stack = state
+        reduce = self.reduce.to(tokens.device)[tokens]
+        shift = ~reduce & tokens.ne(self.eos)
+        # clamped: a dead beam row (−inf score) may carry any token
+        return words, n, torch.minimum(pos + shift.long(), n), (stack + shift.long() - reduce.long()).clamp(min=0)
+
+    def reorder(self, state, order: Tensor):
+        return tuple(x.index_select(0, order) for x in state)

@@ -160,3 +160,19 @@ def test_bad_targets_are_refused_or_skipped(tmp_path):
     skipped = harness.train(data, str(tmp_path / "b"), extra=[*task, "--constraint-bad-target", "skip"])
     assert "skipping 1 of 30 train examples" in skipped.stdout
     assert re.search(r"\| train \| epoch 001 \|.*\| bsz 14\.5 \|", skipped.stdout)  # 29 examples in 2 batches
+
+
+def test_user_constraint_from_own_user_dir(word_order_bin, nll_checkpoint):
+    """examples/constraints/my_constraints registers 'no_repeat' from its own --user-dir; the task checks the
+    gold targets with it (5 of the 20 test targets repeat a word) and generation obeys it."""
+    user_dir = f"{harness.ROOT}/examples/constraints/my_constraints"
+    out = harness.run(["fairseq-generate", word_order_bin, "--user-dir", user_dir, "--path", nll_checkpoint,
+                       "--cpu", "--gen-subset", "test", "--beam", "3", "--batch-size", "8", *harness.NO_DROP,
+                       "--task", "constrained_beam_training", "--constraint", "no_repeat",
+                       "--constraint-bad-target", "skip"]).stdout
+    assert "skipping 5 of 20 test examples" in out
+    hyps = re.findall(r"^H-\d+\t\S+\t(.*)$", out, re.M)
+    assert len(hyps) == 15
+    for hyp in hyps:
+        words = hyp.split()
+        assert all(a != b for a, b in zip(words, words[1:])), hyp
