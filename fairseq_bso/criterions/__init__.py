@@ -1,3 +1,3 @@
 """Criterions of the plugin; each module registers itself with fairseq."""
 
-from . import bso  # noqa: F401
+from . import bso, word_kd  # noqa: F401

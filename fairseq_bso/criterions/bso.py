@@ -19,7 +19,7 @@ import logging
 from dataclasses import dataclass, field
 
 import torch
-from fairseq import metrics
+from fairseq.logging import metrics
 from fairseq.criterions import FairseqCriterion, register_criterion
 from fairseq.dataclass import ChoiceEnum, FairseqDataclass
 from fairseq.models import FairseqIncrementalDecoder
