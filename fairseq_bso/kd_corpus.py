@@ -1,0 +1,167 @@
+"""The distillation corpus store behind ``--task seq_kd``: append-only shard logs,
+batch-level resume and a deterministic, atomic merge.
+
+Layout under ``--kd-output-dir DIR``::
+
+    DIR/.seq_kd/<subset>.manifest.json          settings the logs were made with
+    DIR/.seq_kd/<subset>.shard<r>of<n>.jsonl    one JSON line per sentence, fsync'd per batch
+    DIR/.seq_kd/<subset>.shard<r>of<n>.done     written when shard r has every batch
+    DIR/<subset>.<src>, DIR/<subset>.<tgt>      the merged corpus, in sample-id order
+    DIR/<subset>.score                          (--kd-write-scores) the teacher's score per line
+
+A run killed at any point leaves whole batches in its log plus at most one torn
+line, which is dropped on restart; the restarted run skips the batches already
+logged (the batches are the same: fairseq's batching is deterministic for the
+same data and options) and generates the rest.  When every shard is done the
+last one to finish merges the logs by sample id and writes the corpus through
+temporary files renamed into place.
+"""
+
+import json
+import logging
+import os
+from typing import Dict, Iterable, List, Optional, Sequence
+
+from .prep import write_atomic
+
+logger = logging.getLogger(__name__)
+
+
+class SettingsMismatch(ValueError):
+    pass
+
+
+class CorpusStore:
+    def __init__(self, out_dir: str, subset: str, src: str, tgt: str, shard_id: int, num_shards: int,
+                 write_scores: bool = False):
+        if not out_dir:
+            raise ValueError("--task seq_kd needs --kd-output-dir DIR (where the distillation corpus goes)")
+        if not 0 <= shard_id < num_shards:
+            raise ValueError(f"shard {shard_id} of {num_shards}: the shard id must be in [0, {num_shards})")
+        self.out_dir, self.subset, self.src, self.tgt = out_dir, subset, src, tgt
+        self.shard_id, self.num_shards, self.write_scores = shard_id, num_shards, write_scores
+        self.work = os.path.join(out_dir, ".seq_kd")
+        os.makedirs(self.work, exist_ok=True)
+        self.done_ids: set = set()
+        self._log = None
+
+    # -- paths ---------------------------------------------------------------------------------------------
+    def _shard_path(self, r: int, ext: str) -> str:
+        return os.path.join(self.work, f"{self.subset}.shard{r}of{self.num_shards}.{ext}")
+
+    @property
+    def manifest_path(self) -> str:
+        return os.path.join(self.work, f"{self.subset}.manifest.json")
+
+    def output_paths(self) -> List[str]:
+        paths = [os.path.join(self.out_dir, f"{self.subset}.{lang}") for lang in (self.src, self.tgt)]
+        if self.write_scores:
+            paths.append(os.path.join(self.out_dir, f"{self.subset}.score"))
+        return paths
+
+    # -- settings ------------------------------------------------------------------------------------------
+    def check_settings(self, settings: Dict) -> None:
+        """Refuse to resume logs written with other settings (they would mix two corpora)."""
+        settings = json.loads(json.dumps(settings, sort_keys=True, default=str))
+        if os.path.exists(self.manifest_path):
+            with open(self.manifest_path, encoding="utf-8") as f:
+                old = json.load(f)
+            if old != settings:
+                diff = sorted(k for k in set(old) | set(settings) if old.get(k) != settings.get(k))
+                raise SettingsMismatch(
+                    f"{self.manifest_path}: the partial corpus in {self.work} was generated with other settings "
+                    f"({', '.join(f'{k}: {old.get(k)!r} -> {settings.get(k)!r}' for k in diff)}); rerun with the "
+                    f"same options, or delete {self.work} (or pick another --kd-output-dir) to start over")
+        else:
+            write_atomic(self.manifest_path, [json.dumps(settings, sort_keys=True)])
+
+    # -- the shard log ---------------------------------------------------------------------------------------
+    @staticmethod
+    def _read_log(path: str, repair: bool = False) -> List[Dict]:
+        """Complete lines of a log; a torn last line (killed mid-write) is dropped (and cut off if ``repair``)."""
+        if not os.path.exists(path):
+            return []
+        with open(path, "rb") as f:
+            data = f.read()
+        good = data[: data.rfind(b"\n") + 1]
+        if repair and len(good) != len(data):
+            with open(path, "r+b") as f:
+                f.truncate(len(good))
+            logger.info(f"seq_kd: dropped a torn last line from {path}")
+        return [json.loads(line) for line in good.decode("utf-8").splitlines() if line]
+
+    def open_shard(self) -> None:
+        """Load what this shard already logged and open its log for appending."""
+        records = self._read_log(self._shard_path(self.shard_id, "jsonl"), repair=True)
+        self.done_ids = {r["id"] for r in records}
+        self._log = open(self._shard_path(self.shard_id, "jsonl"), "a", encoding="utf-8")
+
+    def append_batch(self, records: Iterable[Dict]) -> None:
+        """Log one batch's sentences and make them durable before the next batch starts."""
+        lines = [json.dumps(r, ensure_ascii=False) + "\n" for r in records]
+        _fault_injection(self._log, "".join(lines))
+        self._log.write("".join(lines))
+        self._log.flush()
+        os.fsync(self._log.fileno())
+        self.done_ids.update(json.loads(line)["id"] for line in lines)
+
+    # -- completion and merge --------------------------------------------------------------------------------
+    def finish_shard(self, expected_ids: Sequence[int]) -> bool:
+        """Mark this shard done if its log holds every expected id; merge if every shard is done."""
+        missing = set(expected_ids) - self.done_ids
+        if missing:
+            logger.warning(f"seq_kd: shard {self.shard_id} of {self.num_shards} still lacks {len(missing)} "
+                           f"sentences; rerun the same command to finish it")
+            return False
+        if self._log is not None:
+            self._log.close()
+            self._log = None
+        write_atomic(self._shard_path(self.shard_id, "done"), [str(len(expected_ids))])
+        return self.merge_if_complete()
+
+    def merge_if_complete(self) -> bool:
+        waiting = [r for r in range(self.num_shards) if not os.path.exists(self._shard_path(r, "done"))]
+        if waiting:
+            logger.info(f"seq_kd: shard {self.shard_id} done; waiting for shard(s) {waiting} of {self.num_shards} "
+                        f"before the merge")
+            return False
+        by_id: Dict[int, Dict] = {}
+        for r in range(self.num_shards):
+            for rec in self._read_log(self._shard_path(r, "jsonl")):
+                by_id.setdefault(rec["id"], rec)  # a batch logged twice holds the same hypotheses
+        ids = sorted(by_id)
+        records = [by_id[i] for i in ids]
+        paths = self.output_paths()
+        write_atomic(paths[0], (r["src"] for r in records))
+        write_atomic(paths[1], (r["hyp"] for r in records))
+        if self.write_scores:
+            write_atomic(paths[2], (f"{r['score']:.6f}" for r in records))
+        logger.info(f"seq_kd: wrote {len(records)} lines to {', '.join(paths)}")
+        if ids and ids[-1] + 1 != len(ids):
+            logger.warning(f"seq_kd: {ids[-1] + 1 - len(ids)} sentences of {self.subset} were not generated "
+                           f"(filtered by --max-source-positions / --skip-invalid-size-inputs-valid-test)")
+        return True
+
+
+_batches_written = 0
+
+
+def _fault_injection(log, text: str) -> None:
+    """Tests only: ``FAIRSEQ_BSO_KILL_AT_BATCH=N`` SIGKILLs this process halfway through writing batch N."""
+    global _batches_written
+    at = os.environ.get("FAIRSEQ_BSO_KILL_AT_BATCH")
+    _batches_written += 1
+    if at and _batches_written == int(at):
+        import signal
+
+        log.write(text[: text.find("\n") // 2])  # a torn write, as a kill in the middle of it leaves
+        log.flush()
+        os.fsync(log.fileno())
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+def is_complete(out_dir: str, subset: str, num_shards: int) -> Optional[bool]:
+    """For tests and scripts: every shard's done marker exists."""
+    work = os.path.join(out_dir, ".seq_kd")
+    return all(os.path.exists(os.path.join(work, f"{subset}.shard{r}of{num_shards}.done"))
+               for r in range(num_shards))
