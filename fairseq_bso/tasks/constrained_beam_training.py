@@ -4,6 +4,14 @@ and BSO-consistent decoding.
 
 With ``--constraint none`` (the default) and without ``--bso-decoding`` it behaves
 exactly like ``--task translation``.
+
+The task also hosts the magnitude-pruning callback (``--prune-*``, see
+``fairseq_bso.pruning``).  fairseq has no callback system; the trainer calls
+``task.optimizer_step`` for every update (after gradient clipping) on every
+worker, so masking the gradients there and re-masking the weights right after
+the step keeps masks exact with any optimizer, criterion (``bso``, ``word_kd``,
+``cross_entropy``) and under distributed training, without touching the
+trainer or the model's parameter names.
 """
 
 import logging
@@ -17,12 +25,13 @@ from fairseq.tasks.translation import TranslationConfig, TranslationTask
 
 from ..constraints import build_constraint
 from ..generation import ConstrainedSequenceGenerator
+from ..pruning import Pruner, PruningConfig, check_options
 
 logger = logging.getLogger(__name__)
 
 
 @dataclass
-class ConstrainedBeamTrainingConfig(TranslationConfig):
+class ConstrainedBeamTrainingConfig(TranslationConfig, PruningConfig):
     constraint: str = field(
         default="none",
         metadata={"help": "output constraint in training search and generation: none, word_order, arc_standard, "
@@ -54,6 +63,21 @@ class ConstrainedBeamTrainingTask(TranslationTask):
     def __init__(self, cfg, src_dict, tgt_dict):
         super().__init__(cfg, src_dict, tgt_dict)
         self.training_constraint = build_constraint(cfg.constraint, src_dict, tgt_dict)
+        check_options(cfg)  # bad --prune-* options fail before any data is read
+        self.pruner = None
+
+    def build_model(self, cfg, *args, **kwargs):
+        model = super().build_model(cfg, *args, **kwargs)
+        if self.cfg.prune_ratio > 0:
+            self.pruner = Pruner(self.cfg, model)
+        return model
+
+    def optimizer_step(self, optimizer, model, update_num):
+        if self.pruner is None:
+            return super().optimizer_step(optimizer, model, update_num)
+        self.pruner.before_step(update_num)  # prune when the schedule says so; mask the gradients
+        super().optimizer_step(optimizer, model, update_num)
+        self.pruner.after_step()  # re-mask the weights: no optimizer state revives a pruned weight
 
     def load_dataset(self, split, epoch=1, combine=False, **kwargs):
         super().load_dataset(split, epoch=epoch, combine=combine, **kwargs)

@@ -1,0 +1,189 @@
+"""``fairseq-bso-prune``: sparsity statistics and export of pruned fairseq checkpoints.
+
+    fairseq-bso-prune stats CKPT [--classes KINDS]
+    fairseq-bso-prune export CKPT OUT [--sparse OUT.sparse]
+    fairseq-bso-prune densify OUT.sparse OUT
+
+``export`` writes a checkpoint that stock ``fairseq-generate`` loads without the
+plugin: parameter names unchanged, the plugin's task replaced by ``translation``
+(its extra options dropped), a plugin criterion by ``cross_entropy``, no
+``--user-dir``, no optimizer state.  ``--sparse`` also writes a compact copy for
+shipping (each pruned matrix as a bit mask plus its non-zero values); ``densify``
+turns it back into the exported checkpoint, bit for bit in the weights.
+"""
+
+import argparse
+import copy
+import os
+import sys
+from collections import OrderedDict
+
+import numpy as np
+import torch
+
+from .pruning import KINDS, format_table, parse_kinds, prunable, sparsity_table
+
+PLUGIN_TASKS = ("constrained_beam_training", "seq_kd")
+PLUGIN_CRITERIONS = ("bso", "word_kd")
+SPARSE_FORMAT = "fairseq-bso-sparse-v1"
+
+
+def load(path: str) -> dict:
+    """A raw checkpoint (weights_only, with the plugin's allow-list), with errors naming the file."""
+    import fairseq_bso  # noqa: F401  (allow-lists the types fairseq checkpoints hold)
+
+    if not os.path.isfile(path):
+        raise SystemExit(f"fairseq-bso-prune: {path}: no such file")
+    try:
+        state = torch.load(path, map_location="cpu")
+    except Exception as e:  # truncated or not a checkpoint
+        raise SystemExit(f"fairseq-bso-prune: {path}: cannot be read as a fairseq checkpoint ({e.__class__.__name__}: "
+                         f"{str(e).splitlines()[0] if str(e) else ''})")
+    if not isinstance(state, dict) or "model" not in state:
+        raise SystemExit(f"fairseq-bso-prune: {path}: not a fairseq checkpoint (no 'model' entry)")
+    return state
+
+
+def save_atomic(obj, path: str) -> int:
+    tmp = path + ".tmp"
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+    return os.path.getsize(path)
+
+
+def stats(state: dict, kinds=KINDS) -> str:
+    weights = prunable(state["model"].items(), kinds)
+    rows = sparsity_table(OrderedDict(weights))
+    all_nz = sum(int(torch.count_nonzero(t)) for t in state["model"].values() if t.is_floating_point())
+    all_n = sum(t.numel() for t in state["model"].values() if t.is_floating_point())
+    return (format_table(rows) + f"\nall parameters (biases included): {all_nz:,} non-zero of {all_n:,} "
+            f"({1 - all_nz / max(all_n, 1):.2%} sparse)")
+
+
+def stock_checkpoint(state: dict) -> dict:
+    """A copy that stock fairseq loads: plugin task/criterion replaced, no user dir, no optimizer state."""
+    from fairseq.tasks.translation import TranslationConfig
+
+    out = {k: v for k, v in state.items() if k not in ("last_optimizer_state",)}
+    cfg = copy.deepcopy(state.get("cfg"))
+    notes = []
+    if cfg is not None:
+        task = cfg.get("task") or {}
+        if task.get("_name") in PLUGIN_TASKS:
+            if task.get("constraint", "none") != "none":
+                notes.append(f"the model was trained with --constraint {task['constraint']}; stock fairseq decodes "
+                             f"it without the constraint")
+            keep = set(TranslationConfig.__dataclass_fields__)
+            cfg["task"] = {"_name": "translation", **{k: v for k, v in task.items() if k in keep}}
+        crit = cfg.get("criterion") or {}
+        if crit.get("_name") in PLUGIN_CRITERIONS:
+            cfg["criterion"] = {"_name": "cross_entropy", "sentence_avg": False}
+        if cfg.get("common", {}).get("user_dir"):
+            cfg["common"]["user_dir"] = None
+        # fairseq stores a legacy (argparse) model's config as an argparse.Namespace, which torch >= 2.6 refuses
+        # to unpickle unless someone allow-lists it (the plugin does); a plain dict loads everywhere
+        model_cfg = cfg.get("model")
+        if isinstance(model_cfg, argparse.Namespace):
+            model_cfg = vars(model_cfg)
+            cfg["model"] = dict(model_cfg, _name=model_cfg.get("_name") or model_cfg.get("arch"))
+            cfg["model"] = {k: _plain(v) for k, v in cfg["model"].items()}
+        out["cfg"] = cfg
+        out["args"] = None
+    elif state.get("args") is not None:  # a pre-hydra checkpoint: stock fairseq needs the plugin's allow-list
+        args = copy.deepcopy(state["args"])
+        if getattr(args, "task", None) in PLUGIN_TASKS:
+            args.task = "translation"
+        if getattr(args, "criterion", None) in PLUGIN_CRITERIONS:
+            args.criterion = "cross_entropy"
+        args.user_dir = None
+        out["args"] = args
+    hist = out.get("optimizer_history")
+    if hist:
+        out["optimizer_history"] = [dict(h, criterion_name="CrossEntropyCriterion") for h in hist]
+    return out, notes
+
+
+def _plain(value):
+    if isinstance(value, argparse.Namespace):
+        return {k: _plain(v) for k, v in vars(value).items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(_plain(v) for v in value)
+    return value
+
+
+def to_sparse(state: dict) -> dict:
+    """Pruned matrices as (bit mask, non-zero values); everything else as is."""
+    sparse, dense = {}, OrderedDict()
+    for name, t in state["model"].items():
+        if t.is_floating_point() and t.dim() >= 2:
+            keep = t.ne(0)
+            if keep.sum() * t.element_size() + t.numel() / 8 < t.numel() * t.element_size():
+                bits = torch.from_numpy(np.packbits(keep.reshape(-1).numpy()))
+                sparse[name] = {"shape": list(t.shape), "dtype": str(t.dtype).replace("torch.", ""),
+                                "mask": bits, "values": t[keep].clone()}
+                continue
+        dense[name] = t
+    out = {k: v for k, v in state.items() if k != "model"}
+    out.update(format=SPARSE_FORMAT, order=list(state["model"].keys()), dense=dense, sparse=sparse)
+    return out
+
+
+def from_sparse(packed: dict) -> dict:
+    if packed.get("format") != SPARSE_FORMAT:
+        raise SystemExit(f"fairseq-bso-prune densify: not a {SPARSE_FORMAT} file")
+    model = OrderedDict()
+    for name in packed["order"]:
+        if name in packed["dense"]:
+            model[name] = packed["dense"][name]
+            continue
+        item = packed["sparse"][name]
+        n = int(np.prod(item["shape"]))
+        keep = torch.from_numpy(np.unpackbits(item["mask"].numpy())[:n].astype(bool))
+        flat = torch.zeros(n, dtype=getattr(torch, item["dtype"]))
+        flat[keep] = item["values"]
+        model[name] = flat.view(item["shape"])
+    out = {k: v for k, v in packed.items() if k not in ("format", "order", "dense", "sparse")}
+    out["model"] = model
+    return out
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(prog="fairseq-bso-prune", description=__doc__.split("\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("stats", help="per-class and total sparsity and non-zero counts of a checkpoint")
+    p.add_argument("checkpoint")
+    p.add_argument("--classes", default=",".join(KINDS), help="weight kinds to count (default: all)")
+    p = sub.add_parser("export", help="a checkpoint stock fairseq-generate loads without the plugin")
+    p.add_argument("checkpoint")
+    p.add_argument("output")
+    p.add_argument("--sparse", metavar="PATH", help="also write a compact sparse copy here")
+    p = sub.add_parser("densify", help="turn a --sparse copy back into a checkpoint")
+    p.add_argument("sparse")
+    p.add_argument("output")
+    args = parser.parse_args(argv)
+
+    if args.command == "stats":
+        try:
+            kinds = parse_kinds(args.classes)
+        except ValueError as e:
+            raise SystemExit(f"fairseq-bso-prune: {e}")
+        print(stats(load(args.checkpoint), kinds))
+    elif args.command == "export":
+        state = load(args.checkpoint)
+        out, notes = stock_checkpoint(state)
+        size = save_atomic(out, args.output)
+        for note in notes:
+            print(f"note: {note}", file=sys.stderr)
+        print(f"wrote {args.output}: {size:,} bytes (stock fairseq checkpoint)")
+        if args.sparse:
+            size = save_atomic(to_sparse(out), args.sparse)
+            print(f"wrote {args.sparse}: {size:,} bytes (sparse copy; fairseq-bso-prune densify restores it)")
+    else:
+        import fairseq_bso  # noqa: F401
+        packed = torch.load(args.sparse, map_location="cpu")
+        size = save_atomic(from_sparse(packed), args.output)
+        print(f"wrote {args.output}: {size:,} bytes")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,259 @@
+"""Magnitude pruning (See, Luong and Manning, CoNLL 2016) for fairseq models.
+
+Weights and classes
+    Only weight matrices take part (``dim >= 2``; biases and layer norms never).
+    Each matrix belongs to a *kind* (``--prune-classes`` picks kinds) and a *class*
+    (the unit of class-uniform and class-distribution pruning):
+
+    =============  ====================================================  =======================
+    kind           parameters                                             class
+    =============  ====================================================  =======================
+    embeddings     ``*.embed_tokens.weight`` (source, target)             each embedding
+    attention      names with ``attention`` / ``attn``                    each projection
+    output         ``fc_out``, ``additional_fc``, ``output_projection``   each projection
+    encoder        every other ``encoder.*`` matrix                       each layer (an
+    decoder        every other ``decoder.*`` matrix                       ``nn.LSTM`` layer's
+                                                                          ih/hh and reverse
+                                                                          matrices together)
+    =============  ====================================================  =======================
+
+    A matrix shared by two modules (``--share-decoder-input-output-embed``) is
+    counted once, under its first name.
+
+Schemes (prune a share ``r`` of the selected weights)
+    class-blind         the ``floor(r·N)`` smallest ``|w|`` over all selected weights
+    class-uniform       the ``floor(r·N_c)`` smallest ``|w|`` within each class c
+    class-distribution  the ``floor(r·N)`` smallest ``|w| / σ_c`` (σ_c: the class's standard
+                        deviation), i.e. ``|w| < λ·σ_c`` with one global λ
+
+Ties are broken by position (stable sort), so the selection is exact and
+reproducible; ``tests/test_pruning.py`` checks it against a brute-force sort.
+
+Masks hold exactly: the training task multiplies gradients by the mask before
+the optimizer step and the weights after it (Adam's moments cannot revive a
+pruned weight).  Masks are not stored anywhere: they are the exact zeros of the
+pruned matrices, re-derived after a resume (fairseq 0.12.2 does not restore
+``task_state`` on resume), so checkpoints keep fairseq's parameter names and load
+in stock fairseq.
+"""
+
+import logging
+import math
+import re
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from typing import Dict, List, Optional, Sequence, Tuple
+
+import torch
+from fairseq.dataclass import ChoiceEnum, FairseqDataclass
+
+logger = logging.getLogger(__name__)
+
+KINDS = ("embeddings", "encoder", "decoder", "attention", "output")
+SCHEMES = ("class-blind", "class-uniform", "class-distribution")
+
+
+@dataclass
+class PruningConfig(FairseqDataclass):
+    prune_ratio: float = field(default=0.0, metadata={"help": "share of the selected weights to prune, in [0, 1)"})
+    prune_scheme: ChoiceEnum(SCHEMES) = field(  # type: ignore
+        default="class-blind", metadata={"help": "class-blind, class-uniform or class-distribution"})
+    prune_classes: str = field(
+        default=",".join(KINDS),
+        metadata={"help": f"comma-separated weight kinds that take part: {', '.join(KINDS)} (default: all)"})
+    prune_schedule: ChoiceEnum(["one-shot", "gradual"]) = field(  # type: ignore
+        default="one-shot",
+        metadata={"help": "one-shot: prune to --prune-ratio at --prune-start-update; gradual: cubic ramp from "
+                          "--prune-start-update to --prune-end-update, every --prune-frequency updates"})
+    prune_start_update: int = field(default=0, metadata={"help": "update at which pruning starts"})
+    prune_end_update: int = field(default=-1, metadata={"help": "gradual: update at which the ratio is reached"})
+    prune_frequency: int = field(default=100, metadata={"help": "gradual: updates between two pruning steps"})
+
+
+def weight_kind(name: str) -> str:
+    if re.search(r"(^|\.)embed_tokens\.weight$", name):
+        return "embeddings"
+    if re.search(r"(attention|attn)", name):
+        return "attention"
+    if re.search(r"(^|\.)(fc_out|additional_fc|output_projection)\.weight$", name):
+        return "output"
+    return name.split(".", 1)[0] if name.split(".", 1)[0] in ("encoder", "decoder") else "decoder"
+
+
+def weight_class(name: str) -> str:
+    """The class of a weight matrix: its module, with an nn.LSTM layer's matrices merged."""
+    m = re.match(r"(.*)\.weight_(?:ih|hh)_l(\d+)(?:_reverse)?$", name)  # nn.LSTM
+    if m:
+        return f"{m.group(1)}.l{m.group(2)}"
+    m = re.match(r"(.*)\.weight_(?:ih|hh)$", name)  # nn.LSTMCell (fairseq's LSTMDecoder layers)
+    if m:
+        return m.group(1)
+    return re.sub(r"\.weight$", "", name)
+
+
+def prunable(named_parameters, kinds: Sequence[str]) -> "OrderedDict[str, torch.nn.Parameter]":
+    """Weight matrices of the chosen kinds, shared tensors once, in parameter order."""
+    out, seen = OrderedDict(), set()
+    for name, p in named_parameters:
+        if p.dim() < 2 or id(p) in seen or weight_kind(name) not in kinds:
+            continue
+        seen.add(id(p))
+        out[name] = p
+    return out
+
+
+def parse_kinds(spec: str) -> List[str]:
+    kinds = [k.strip() for k in spec.split(",") if k.strip()]
+    unknown = [k for k in kinds if k not in KINDS]
+    if unknown or not kinds:
+        raise ValueError(f"--prune-classes {spec!r}: unknown kind(s) {unknown}; choose from {', '.join(KINDS)}")
+    return kinds
+
+
+def check_options(cfg) -> None:
+    if not 0.0 <= cfg.prune_ratio < 1.0:
+        raise ValueError(f"--prune-ratio must be in [0, 1), got {cfg.prune_ratio}")
+    if str(cfg.prune_scheme) not in SCHEMES:
+        raise ValueError(f"--prune-scheme {cfg.prune_scheme!r}: choose from {', '.join(SCHEMES)}")
+    parse_kinds(cfg.prune_classes)
+    if cfg.prune_start_update < 0:
+        raise ValueError(f"--prune-start-update must be >= 0, got {cfg.prune_start_update}")
+    if str(cfg.prune_schedule) == "gradual":
+        if cfg.prune_end_update <= cfg.prune_start_update:
+            raise ValueError(f"--prune-schedule gradual needs --prune-end-update > --prune-start-update "
+                             f"(got {cfg.prune_end_update} <= {cfg.prune_start_update})")
+        if cfg.prune_frequency < 1:
+            raise ValueError(f"--prune-frequency must be >= 1, got {cfg.prune_frequency}")
+
+
+def compute_masks(weights: "OrderedDict[str, torch.Tensor]", ratio: float, scheme: str) -> Dict[str, torch.Tensor]:
+    """Boolean keep-masks (True = kept) pruning ``ratio`` of the weights by ``scheme``."""
+    names = list(weights)
+    flat = [weights[n].detach().reshape(-1).float() for n in names]
+    if scheme == "class-uniform":
+        by_class: Dict[str, List[int]] = OrderedDict()
+        for i, n in enumerate(names):
+            by_class.setdefault(weight_class(n), []).append(i)
+        keep = [None] * len(names)
+        for members in by_class.values():
+            part = _keep_smallest_pruned(torch.cat([flat[i].abs() for i in members]), ratio)
+            for i, k in zip(members, part.split([flat[i].numel() for i in members])):
+                keep[i] = k
+    else:
+        if scheme == "class-distribution":
+            sigma = {}
+            for i, n in enumerate(names):
+                sigma.setdefault(weight_class(n), []).append(flat[i])
+            sigma = {c: torch.cat(v).std().clamp(min=1e-12) for c, v in sigma.items()}
+            scores = [flat[i].abs() / sigma[weight_class(n)] for i, n in enumerate(names)]
+        elif scheme == "class-blind":
+            scores = [f.abs() for f in flat]
+        else:
+            raise ValueError(f"unknown pruning scheme {scheme!r}; choose from {', '.join(SCHEMES)}")
+        keep = list(_keep_smallest_pruned(torch.cat(scores), ratio).split([f.numel() for f in flat]))
+    return {n: k.view_as(weights[n]) for n, k in zip(names, keep)}
+
+
+def _keep_smallest_pruned(scores: torch.Tensor, ratio: float) -> torch.Tensor:
+    k = int(math.floor(ratio * scores.numel()))
+    keep = torch.ones_like(scores, dtype=torch.bool)
+    if k > 0:
+        order = torch.sort(scores, stable=True).indices
+        keep[order[:k]] = False
+    return keep
+
+
+def cubic_ratio(update: int, final_ratio: float, start: int, end: int) -> float:
+    """Gradual pruning's target at an update: r·(1 − (1 − progress)³) (Zhu and Gupta, 2017)."""
+    if update < start:
+        return 0.0
+    progress = min(1.0, (update - start) / max(1, end - start))
+    return final_ratio * (1.0 - (1.0 - progress) ** 3)
+
+
+def sparsity_table(weights: "OrderedDict[str, torch.Tensor]") -> List[Tuple[str, int, int]]:
+    """(class, non-zero, total) per class, then per kind, then the total."""
+    rows: Dict[str, List[int]] = OrderedDict()
+    for n, w in weights.items():
+        nz, total = int(torch.count_nonzero(w)), w.numel()
+        for key in (weight_class(n), f"[{weight_kind(n)}]", "[total]"):
+            acc = rows.setdefault(key, [0, 0])
+            acc[0] += nz
+            acc[1] += total
+    classes = [k for k in rows if not k.startswith("[")]
+    kinds = [k for k in rows if k.startswith("[") and k != "[total]"]
+    return [(k, rows[k][0], rows[k][1]) for k in classes + kinds + ["[total]"]]
+
+
+def format_table(rows) -> str:
+    width = max(len(r[0]) for r in rows)
+    lines = [f"{'class':<{width}}  {'non-zero':>12}  {'total':>12}  {'sparsity':>8}"]
+    for name, nz, total in rows:
+        lines.append(f"{name:<{width}}  {nz:>12,}  {total:>12,}  {1 - nz / max(total, 1):>8.2%}")
+    return "\n".join(lines)
+
+
+class Pruner:
+    """The training-time callback: hosted by the plugin's tasks (``optimizer_step``)."""
+
+    def __init__(self, cfg, model):
+        check_options(cfg)
+        self.cfg = cfg
+        self.scheme = str(cfg.prune_scheme)
+        self.schedule = str(cfg.prune_schedule)
+        self.weights = prunable(model.named_parameters(), parse_kinds(cfg.prune_classes))
+        if not self.weights:
+            names = ", ".join(n for n, _ in list(model.named_parameters())[:6])
+            raise ValueError(f"--prune-classes {cfg.prune_classes!r} selects no weight matrix of this model "
+                             f"(its parameters: {names}, ...)")
+        self.masks: Optional[Dict[str, torch.Tensor]] = None
+        self.current_ratio = 0.0
+
+    def target_ratio(self, update: int) -> Optional[float]:
+        """The ratio to prune to at this update, or None when the masks stay as they are."""
+        c = self.cfg
+        if self.schedule == "one-shot":
+            return c.prune_ratio if update == c.prune_start_update else None
+        if update < c.prune_start_update or update > c.prune_end_update:
+            return None
+        if (update - c.prune_start_update) % c.prune_frequency == 0 or update == c.prune_end_update:
+            return cubic_ratio(update, c.prune_ratio, c.prune_start_update, c.prune_end_update)
+        return None
+
+    def started(self, update: int) -> bool:
+        return update >= self.cfg.prune_start_update
+
+    def before_step(self, update: int) -> None:
+        ratio = self.target_ratio(update)
+        if ratio is not None:
+            self.prune_to(ratio, update)
+        elif self.masks is None and self.started(update):
+            self.masks_from_zeros(update)  # resumed after pruning began: the masks are the exact zeros
+        if self.masks is not None:
+            for n, p in self.weights.items():
+                if p.grad is not None:
+                    p.grad.mul_(self.masks[n])
+
+    def after_step(self) -> None:
+        if self.masks is not None:
+            with torch.no_grad():
+                for n, p in self.weights.items():
+                    p.mul_(self.masks[n])
+
+    def prune_to(self, ratio: float, update: int) -> None:
+        with torch.no_grad():
+            masks = compute_masks(self.weights, ratio, self.scheme)
+            if self.masks is not None:  # gradual: a pruned weight stays pruned
+                masks = {n: m & self.masks[n].bool() for n, m in masks.items()}
+            self.masks = {n: m.to(self.weights[n].dtype) for n, m in masks.items()}
+            self.after_step()
+        self.current_ratio = ratio
+        self.log(f"pruned to {ratio:.2%} ({self.scheme}) at update {update}")
+
+    def masks_from_zeros(self, update: int) -> None:
+        self.masks = {n: p.detach().ne(0).to(p.dtype) for n, p in self.weights.items()}
+        self.log(f"masks re-derived from the exact zeros of the weights at update {update} (resume)")
+
+    def log(self, what: str) -> None:
+        rows = sparsity_table(OrderedDict((n, p.detach()) for n, p in self.weights.items()))
+        logger.info(f"{what}; sparsity per class:\n{format_table(rows)}")

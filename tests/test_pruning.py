@@ -1,0 +1,198 @@
+"""Magnitude pruning: the schemes against a brute-force sort, exact zeros through Adam, gradual schedule, masks
+kept through a real fairseq-train resume, export to stock fairseq-generate, sparse copy, bad options."""
+
+import argparse
+import math
+import os
+import re
+import statistics
+from collections import OrderedDict
+
+import pytest
+import torch
+
+import harness
+from fairseq_bso.pruning import (Pruner, PruningConfig, compute_masks, cubic_ratio, prunable, weight_class,
+                                 weight_kind)
+
+
+def tiny_lstm(seed=0):
+    from fairseq.data import Dictionary
+    from fairseq.models import lstm
+    d = Dictionary()
+    for w in "a b c d e".split():
+        d.add_symbol(w)
+    ns = argparse.Namespace(arch="lstm", encoder_bidirectional=True, encoder_embed_dim=4, encoder_hidden_size=4,
+                            decoder_embed_dim=4, decoder_hidden_size=6, decoder_out_embed_dim=4, criterion="x",
+                            max_source_positions=100, max_target_positions=100)
+    lstm.base_architecture(ns)
+
+    class T:
+        source_dictionary = d
+        target_dictionary = d
+    torch.manual_seed(seed)
+    return lstm.LSTMModel.build_model(ns, T())
+
+
+def brute_force(weights, ratio, scheme):
+    """The pruned (name, index) pairs, from a plain Python sort of every weight."""
+    items = []  # (score, position in the global order, name, index)
+    sigma = {}
+    if scheme == "class-distribution":
+        by_class = {}
+        for n, w in weights.items():
+            by_class.setdefault(weight_class(n), []).extend(w.reshape(-1).tolist())
+        sigma = {c: statistics.stdev(v) for c, v in by_class.items()}
+    pos = 0
+    for n, w in weights.items():
+        for i, v in enumerate(w.reshape(-1).tolist()):
+            score = abs(v) / sigma[weight_class(n)] if scheme == "class-distribution" else abs(v)
+            items.append((score, pos, n, i))
+            pos += 1
+    groups = {}
+    for it in items:
+        groups.setdefault(weight_class(it[2]) if scheme == "class-uniform" else "all", []).append(it)
+    pruned = set()
+    for group in groups.values():
+        k = math.floor(ratio * len(group))
+        pruned |= {(n, i) for _, _, n, i in sorted(group)[:k]}
+    return pruned
+
+
+def test_kinds_and_classes_of_an_lstm():
+    model = tiny_lstm()
+    weights = prunable(model.named_parameters(), ["embeddings", "encoder", "decoder", "attention", "output"])
+    kinds = {n: weight_kind(n) for n in weights}
+    assert kinds["encoder.embed_tokens.weight"] == kinds["decoder.embed_tokens.weight"] == "embeddings"
+    assert kinds["encoder.lstm.weight_hh_l0_reverse"] == "encoder"
+    assert kinds["decoder.attention.output_proj.weight"] == "attention"
+    assert kinds["decoder.fc_out.weight"] == "output"
+    assert weight_class("encoder.lstm.weight_ih_l0_reverse") == weight_class("encoder.lstm.weight_hh_l0")
+    assert not any(n.endswith("bias") or "bias_" in n for n in weights)
+
+
+@pytest.mark.parametrize("scheme", ["class-blind", "class-uniform", "class-distribution"])
+@pytest.mark.parametrize("ratio", [0.0, 0.3, 0.8])
+def test_scheme_selects_what_a_brute_force_sort_selects(scheme, ratio):
+    model = tiny_lstm(seed=int(ratio * 10))
+    weights = OrderedDict((n, p.detach()) for n, p in
+                          prunable(model.named_parameters(), ["embeddings", "encoder", "decoder", "attention",
+                                                              "output"]).items())
+    masks = compute_masks(weights, ratio, scheme)
+    ours = {(n, i) for n, m in masks.items() for i, keep in enumerate(m.reshape(-1).tolist()) if not keep}
+    assert ours == brute_force(weights, ratio, scheme)
+
+
+def config(**kw):
+    cfg = PruningConfig()
+    for k, v in kw.items():
+        setattr(cfg, k, v)
+    return cfg
+
+
+def train_with_adam(model, pruner, updates):
+    opt = torch.optim.Adam(model.parameters(), lr=0.05)
+    src = torch.tensor([[4, 5, 6, 2], [5, 7, 8, 2]])
+    prev = torch.tensor([[2, 4, 5, 6], [2, 5, 7, 8]])
+    for update in range(updates):
+        opt.zero_grad()
+        out = model(src, torch.tensor([4, 4]), prev)[0]
+        out.logsumexp(-1).sum().backward()
+        pruner.before_step(update)
+        opt.step()
+        pruner.after_step()
+
+
+def test_pruned_weights_stay_exactly_zero_through_adam():
+    model = tiny_lstm()
+    pruner = Pruner(config(prune_ratio=0.5, prune_start_update=3), model)
+    train_with_adam(model, pruner, 3)  # Adam builds up moments for every weight first
+    assert pruner.masks is None
+    train_with_adam(model, pruner, 12)  # updates 0..11 again: prunes at update 3, then 8 more Adam steps
+    n = sum(p.numel() for p in pruner.weights.values())
+    zeros = sum(int((p == 0).sum()) for p in pruner.weights.values())
+    assert zeros == n // 2
+    for name, p in pruner.weights.items():
+        assert torch.equal(p.detach() == 0, pruner.masks[name] == 0), name  # exactly the masked ones are zero
+    assert int((pruner.weights["encoder.lstm.weight_ih_l0"] == 0).sum()) > 0  # nn.LSTM weights included
+
+
+def test_gradual_schedule_is_cubic_and_monotone():
+    assert cubic_ratio(10, 0.8, 10, 110) == 0.0
+    assert cubic_ratio(60, 0.8, 10, 110) == pytest.approx(0.8 * (1 - 0.5 ** 3))
+    assert cubic_ratio(500, 0.8, 10, 110) == pytest.approx(0.8)
+    model = tiny_lstm()
+    pruner = Pruner(config(prune_ratio=0.8, prune_schedule="gradual", prune_start_update=0, prune_end_update=10,
+                           prune_frequency=4), model)
+    assert [u for u in range(15) if pruner.target_ratio(u) is not None] == [0, 4, 8, 10]
+    seen = []
+    opt = torch.optim.Adam(model.parameters(), lr=0.05)
+    for update in range(12):
+        opt.zero_grad()
+        model(torch.tensor([[4, 5, 2]]), torch.tensor([3]), torch.tensor([[2, 4, 5]]))[0].sum().backward()
+        pruner.before_step(update)
+        opt.step()
+        pruner.after_step()
+        seen.append(sum(int((p == 0).sum()) for p in pruner.weights.values()))
+    n = sum(p.numel() for p in pruner.weights.values())
+    assert seen == sorted(seen) and seen[-1] == math.floor(0.8 * n)
+
+
+def zero_sets(ckpt):
+    state = torch.load(ckpt, map_location="cpu")
+    return {n: (t == 0) for n, t in state["model"].items() if t.dim() >= 2}, state
+
+
+PRUNE = ["--task", "constrained_beam_training", "--prune-ratio", "0.6", "--prune-scheme", "class-uniform"]
+
+
+def test_train_resume_export(word_order_bin, tmp_path):
+    save = str(tmp_path / "ckpt")
+    out = harness.train(word_order_bin, save, extra=PRUNE, max_epoch=1).stdout
+    assert "pruned to 60.00% (class-uniform) at update 0" in out
+    zeros1, state1 = zero_sets(f"{save}/checkpoint_last.pt")
+    for cls in {weight_class(n) for n in zeros1}:  # class-uniform: 60% of every class, encoder nn.LSTM included
+        members = [n for n in zeros1 if weight_class(n) == cls]
+        total = sum(zeros1[n].numel() for n in members)
+        assert sum(int(zeros1[n].sum()) for n in members) == math.floor(0.6 * total), cls
+    out = harness.train(word_order_bin, save, extra=PRUNE, max_epoch=2).stdout  # resumes checkpoint_last.pt
+    assert "masks re-derived from the exact zeros" in out and "pruned to" not in out
+    zeros2, state2 = zero_sets(f"{save}/checkpoint_last.pt")
+    assert all(torch.equal(zeros1[n], zeros2[n]) for n in zeros1)
+    assert not torch.equal(state1["model"]["decoder.fc_out.weight"], state2["model"]["decoder.fc_out.weight"])
+
+    stats = harness.run(["fairseq-bso-prune", "stats", f"{save}/checkpoint_last.pt"]).stdout
+    nonzero, total = (int(x.replace(",", "")) for x in re.search(r"^\[total\]\s+([\d,]+)\s+([\d,]+)", stats,
+                                                                    re.M).groups())
+    assert total == sum(z.numel() for z in zeros2.values())
+    assert nonzero == total - sum(int(z.sum()) for z in zeros2.values())
+    assert 0.59 < 1 - nonzero / total <= 0.6
+
+    exported, sparse, dense = str(tmp_path / "stock.pt"), str(tmp_path / "stock.sparse"), str(tmp_path / "d.pt")
+    out = harness.run(["fairseq-bso-prune", "export", f"{save}/checkpoint_last.pt", exported, "--sparse", sparse])
+    sizes = [int(s.replace(",", "")) for s in re.findall(r": ([\d,]+) bytes", out.stdout)]
+    assert sizes == [os.path.getsize(exported), os.path.getsize(sparse)]
+    ours = harness.generate(word_order_bin, f"{save}/checkpoint_last.pt", beam=3).stdout
+    stock = harness.generate(word_order_bin, exported, beam=3, user_dir=False).stdout
+    hyps = lambda text: sorted(re.findall(r"^H-\d+\t.*$", text, re.M))  # noqa: E731
+    assert len(hyps(ours)) == 20 and hyps(ours) == hyps(stock)
+    harness.run(["fairseq-bso-prune", "densify", sparse, dense])
+    a, b = torch.load(exported, map_location="cpu")["model"], torch.load(dense, map_location="cpu")["model"]
+    assert list(a) == list(b) and all(torch.equal(a[n], b[n]) for n in a)
+
+
+@pytest.mark.parametrize("extra,message", [
+    (["--prune-ratio", "1.0"], "--prune-ratio must be in [0, 1), got 1.0"),
+    (["--prune-ratio", "-0.1"], "--prune-ratio must be in [0, 1), got -0.1"),
+    (["--prune-ratio", "0.5", "--prune-scheme", "class-random"], "invalid choice: 'class-random'"),
+    (["--prune-ratio", "0.5", "--prune-classes", "softmax"], "unknown kind(s) ['softmax']"),
+    (["--prune-ratio", "0.5", "--prune-classes", "attention", "--decoder-attention", "False"],
+     "--prune-classes 'attention' selects no weight matrix of this model"),
+    (["--prune-ratio", "0.5", "--prune-schedule", "gradual", "--prune-end-update", "0"],
+     "--prune-schedule gradual needs --prune-end-update > --prune-start-update"),
+])
+def test_bad_options_fail_before_training(word_order_bin, tmp_path, extra, message):
+    proc = harness.train(word_order_bin, str(tmp_path / "c"), extra=["--task", "constrained_beam_training", *extra],
+                         check=False)
+    assert proc.returncode != 0 and message in proc.stdout, proc.stdout[-1500:]
+    assert "num_updates" not in proc.stdout  # nothing trained
