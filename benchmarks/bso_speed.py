@@ -2,7 +2,7 @@
 """Time per update and peak memory of ``--criterion bso`` at K = 2..6 against token NLL.
 
 Same model (fairseq's ``lstm_wiseman_iwslt_de_en``, 1×256 LSTM), same batches of real
-data (``../shared/data/l10n-de-en``, sentencepiece 8k, batches of 128 sentences),
+data (``../shared/data/l10n-de-en``, sentencepiece 4k, batches of 128 sentences),
 2 threads.  Timing is paired: every round runs every method on the same batches
 in one process, and the figures are medians over rounds (and the median of the
 per-round ratios).  Peak memory is measured in a fresh subprocess per method: the
@@ -114,7 +114,7 @@ def main():
         return memory_probe(args)
 
     started = time.time()
-    data = deen_bin()
+    data = deen_bin(4000)
     print(f"pretraining {args.pretrain_updates} NLL updates", flush=True)
     state = pretrain(data, args.pretrain_updates, args.batch_size)
     built = {m: build(data, m, state) for m in METHODS}
@@ -155,7 +155,7 @@ def main():
                    "peak_memory_rise_mib": round(memory[m]["peak_rise_bytes"] / 2**20, 1),
                    "mem_ratio": round(memory[m]["peak_rise_bytes"] / max(memory["nll"]["peak_rise_bytes"], 1), 3),
                    "peak_rss_mib": round(memory[m]["peak_bytes"] / 2**20, 1)}
-    results = {"model": "lstm_wiseman_iwslt_de_en", "data": "l10n-de-en spm8k train",
+    results = {"model": "lstm_wiseman_iwslt_de_en", "data": "l10n-de-en spm4k train",
                "batch_sentences": args.batch_size, "mean_target_tokens": round(tokens, 1),
                "rounds": args.rounds, "threads": args.threads, "nll_ms_per_update": round(nll * 1000, 1),
                "time_ratio_k6": rows["bso6"]["time_ratio"], "mem_ratio_k6": rows["bso6"]["mem_ratio"],

@@ -84,7 +84,7 @@ def main():
     parser.add_argument("--workdir", default=os.path.join(WORK, "word_ordering"))
     parser.add_argument("--max-tokens", type=int, default=15)
     parser.add_argument("--nll-epochs", type=int, default=10)
-    parser.add_argument("--bso-epochs", type=int, default=6)
+    parser.add_argument("--bso-epochs", type=int, default=3)
     parser.add_argument("--bso-lr", type=float, default=0.0005)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--beams", type=int, nargs="+", default=[1, 5, 10])

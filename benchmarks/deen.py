@@ -1,0 +1,89 @@
+"""German→English (../shared/data/l10n-de-en) pieces shared by the translation, distillation and pruning
+benchmarks: the data, the teacher (= the pretrained seq2seq model), training and detokenized BLEU.
+
+Every model is trained once into runs/benchmarks/deen/<name> and reused; a finished model has a
+``done`` marker, an unfinished one resumes from its checkpoint_last.pt when the benchmark is rerun.
+"""
+
+import os
+import statistics
+import sys
+
+from common import ROOT, WORK, deen_bin
+
+sys.path.insert(0, os.path.join(ROOT, "examples", "word_ordering"))
+
+import demo  # noqa: E402  (run/log helpers with progress output)
+from fairseq_bso.evaluation import corpus_bleu, generation_speed, parse_hypotheses  # noqa: E402
+from fairseq_bso.path import user_dir  # noqa: E402
+from fairseq_bso.prep import read_lines  # noqa: E402
+
+VOCAB = 4000
+DIR = os.path.join(WORK, "deen")
+os.makedirs(DIR, exist_ok=True)
+COMMON = ["--cpu", "--seed", "1", "--num-workers", "0", "--required-batch-size-multiple", "1"]
+LIMITS = ["--max-source-positions", "64", "--max-target-positions", "64", "--skip-invalid-size-inputs-valid-test"]
+
+# The teacher, also the seq2seq baseline of the translation table (Wiseman & Rush's de-en model in small).
+TEACHER = ["--arch", "lstm", "--encoder-bidirectional", "--encoder-embed-dim", "256", "--encoder-hidden-size",
+           "256", "--decoder-embed-dim", "256", "--decoder-hidden-size", "256", "--decoder-out-embed-dim", "256",
+           "--encoder-layers", "1", "--decoder-layers", "1", "--dropout", "0.2",
+           "--share-decoder-input-output-embed"]
+# The student: half the width (about a quarter of the teacher's LSTM parameters).
+STUDENT = ["--arch", "lstm", "--encoder-bidirectional", "--encoder-embed-dim", "128", "--encoder-hidden-size",
+           "128", "--decoder-embed-dim", "128", "--decoder-hidden-size", "128", "--decoder-out-embed-dim", "128",
+           "--encoder-layers", "1", "--decoder-layers", "1", "--dropout", "0.1",
+           "--share-decoder-input-output-embed"]
+
+
+def data():
+    """(binarized folder, raw test references)."""
+    bin_dir = deen_bin(VOCAB)
+    return bin_dir, read_lines(os.path.join(os.path.dirname(bin_dir), "test.en"))
+
+
+def train(name, bin_dir, epochs, model, args, max_tokens=4000):
+    save_dir = os.path.join(DIR, name)
+    ckpt = os.path.join(save_dir, "checkpoint_last.pt")
+    if os.path.exists(os.path.join(save_dir, "done")):
+        demo.log(f"{name}: exists ({ckpt})")
+        return ckpt
+    demo.run(["fairseq-train", bin_dir, "--user-dir", user_dir(), *model, *COMMON, *LIMITS, *args,
+              "--optimizer", "adam", "--clip-norm", "5", "--max-tokens", str(max_tokens),
+              "--max-epoch", str(epochs), "--save-dir", save_dir, "--no-epoch-checkpoints",
+              "--log-format", "simple", "--log-interval", "100", "--no-progress-bar"],
+             save_dir + ".log", demo.train_progress)
+    open(os.path.join(save_dir, "done"), "w").close()
+    return ckpt
+
+
+def teacher(bin_dir, epochs=4):
+    return train("teacher", bin_dir, epochs, TEACHER, ["--criterion", "cross_entropy", "--lr", "0.002"])
+
+
+def generate(bin_dir, ckpt, beam, log_name, extra=(), subset="test"):
+    return demo.run(["fairseq-generate", bin_dir, "--user-dir", user_dir(), "--path", ckpt, *COMMON,
+                     "--gen-subset", subset, "--beam", str(beam), "--nbest", "1", "--max-tokens", "6000",
+                     "--max-len-a", "1.5", "--max-len-b", "10", "--post-process", "sentencepiece", *extra],
+                    os.path.join(DIR, f"gen.{log_name}.beam{beam}.log"))
+
+
+def bleu(bin_dir, ckpt, name, references, beams, extra=()):
+    """Detokenized sacrebleu BLEU (13a) per test beam, from fairseq-generate's D- lines."""
+    scores, speeds = {}, {}
+    for beam in beams:
+        out = generate(bin_dir, ckpt, beam, name, extra)
+        scores[str(beam)] = round(corpus_bleu(parse_hypotheses(out, len(references), detok=True), references,
+                                              tokenized=False), 2)
+        speeds[str(beam)] = generation_speed(out)
+        demo.log(f"{name}: beam {beam}: BLEU {scores[str(beam)]}")
+    return scores, speeds
+
+
+def median_speed(bin_dir, ckpt, beam, name, repeats, extra=()):
+    """Median source sentences/s of fairseq-generate's search over ``repeats`` runs on the test set."""
+    rates = []
+    for r in range(repeats):
+        s = generation_speed(generate(bin_dir, ckpt, beam, f"{name}.speed{r}", extra))
+        rates.append(s["sentences"] / s["seconds"])
+    return round(statistics.median(rates), 1)

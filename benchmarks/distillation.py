@@ -1,0 +1,103 @@
+#!/usr/bin/env python3
+"""Sequence-level knowledge distillation on l10n-de-en at CPU scale (the talk's distillation table).
+
+Teacher (256-unit LSTM) → Seq-KD corpus (``--task seq_kd``, beam 5) and Seq-Inter corpus (n-best 5, max
+sentence BLEU) → students at half the width trained on the original data (baseline), with Word-KD
+(``--criterion word_kd``), on the Seq-KD corpus and on the Seq-Inter corpus.  Reports detokenized BLEU
+greedy and beam 5, decoding speed (student greedy vs teacher beam 5, median of ``--repeats`` runs), and the
+throughput of ``seq_kd`` vs plain ``fairseq-generate`` on the same teacher, beam and batches (paired runs,
+median ratio).  Each stage resumes; rerun the same command after an interruption.
+
+    python3 benchmarks/distillation.py        # writes benchmarks/results/distillation.json
+"""
+
+import argparse
+import os
+import shutil
+import statistics
+import time
+
+import deen
+from common import write_results
+from deen import demo, generation_speed, user_dir
+
+
+def corpus(bin_dir, teacher, name, extra):
+    """A distillation corpus by fairseq-generate --task seq_kd, binarized with the teacher's dictionaries."""
+    out = os.path.join(deen.DIR, name)
+    if not os.path.exists(os.path.join(out, "bin", "train.de-en.en.idx")):
+        demo.run(["fairseq-generate", bin_dir, "--user-dir", user_dir(), "--path", teacher, *deen.COMMON,
+                  *deen.LIMITS, "--task", "seq_kd", "--kd-output-dir", out, "--gen-subset", "train",
+                  "--max-tokens", "6000", "--max-len-a", "1.5", "--max-len-b", "10", "--kd-write-scores", *extra],
+                 out + ".log", lambda line: "seq_kd:" in line)
+        spm = os.path.dirname(bin_dir)
+        demo.run(["fairseq-preprocess", "--source-lang", "de", "--target-lang", "en", "--trainpref",
+                  f"{out}/train", "--validpref", f"{spm}/valid.spm", "--testpref", f"{spm}/test.spm",
+                  "--srcdict", f"{bin_dir}/dict.de.txt", "--tgtdict", f"{bin_dir}/dict.en.txt",
+                  "--destdir", f"{out}/bin", "--workers", "2"], out + ".preprocess.log")
+    return os.path.join(out, "bin")
+
+
+def seq_kd_throughput(bin_dir, teacher, repeats):
+    """seq_kd vs plain fairseq-generate on the valid set, beam 5, same batches: median of paired ratios."""
+    base = ["fairseq-generate", bin_dir, "--user-dir", user_dir(), "--path", teacher, *deen.COMMON, *deen.LIMITS,
+            "--gen-subset", "valid", "--beam", "5", "--max-tokens", "6000", "--max-len-a", "1.5", "--max-len-b", "10"]
+    plain, kd = [], []
+    for r in range(repeats):
+        out = demo.run(base, os.path.join(deen.DIR, f"throughput.plain{r}.log"))
+        plain.append(generation_speed(out)["sentences"] / generation_speed(out)["seconds"])
+        kd_dir = os.path.join(deen.DIR, f"throughput.kd{r}")
+        shutil.rmtree(kd_dir, ignore_errors=True)
+        out = demo.run([*base, "--task", "seq_kd", "--kd-output-dir", kd_dir], kd_dir + ".log")
+        kd.append(generation_speed(out)["sentences"] / generation_speed(out)["seconds"])
+    ratios = [k / p for k, p in zip(kd, plain)]
+    return {"plain_sentences_per_s": round(statistics.median(plain), 1),
+            "seq_kd_sentences_per_s": round(statistics.median(kd), 1),
+            "ratio_median": round(statistics.median(ratios), 3), "ratios": [round(x, 3) for x in ratios]}
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--teacher-epochs", type=int, default=4)
+    parser.add_argument("--student-epochs", type=int, default=3)
+    parser.add_argument("--kd-alpha", type=float, default=0.5)
+    parser.add_argument("--inter-beam", type=int, default=5)
+    parser.add_argument("--repeats", type=int, default=3)
+    args = parser.parse_args()
+    started = time.time()
+    bin_dir, refs = deen.data()
+    teacher = deen.teacher(bin_dir, args.teacher_epochs)
+    kd_bin = corpus(bin_dir, teacher, "kd_beam", ["--beam", "5"])
+    inter_bin = corpus(bin_dir, teacher, "kd_inter", ["--beam", str(args.inter_beam), "--nbest",
+                                                      str(args.inter_beam), "--kd-selection", "seq_inter"])
+    student_train = ["--criterion", "cross_entropy", "--lr", "0.002"]
+    students = {
+        "student": deen.train("student", bin_dir, args.student_epochs, deen.STUDENT, student_train),
+        "word_kd": deen.train("student_word_kd", bin_dir, args.student_epochs, deen.STUDENT,
+                              ["--criterion", "word_kd", "--kd-teacher-path", teacher, "--kd-alpha",
+                               str(args.kd_alpha), "--lr", "0.002"]),
+        "seq_kd": deen.train("student_seq_kd", kd_bin, args.student_epochs, deen.STUDENT, student_train),
+        "seq_inter": deen.train("student_seq_inter", inter_bin, args.student_epochs, deen.STUDENT, student_train),
+    }
+    results = {"bleu": {}, "params": {}}
+    results["bleu"]["teacher"], _ = deen.bleu(bin_dir, teacher, "teacher", refs, [1, 5])
+    for name, ckpt in students.items():
+        results["bleu"][name], _ = deen.bleu(bin_dir, ckpt, name, refs, [1, 5])
+    import torch
+    for name, ckpt in [("teacher", teacher), ("student", students["student"])]:
+        results["params"][name] = sum(t.numel() for t in torch.load(ckpt, map_location="cpu")["model"].values())
+    results["speed_sentences_per_s"] = {
+        "teacher_beam5": deen.median_speed(bin_dir, teacher, 5, "teacher", args.repeats),
+        "seq_kd_student_greedy": deen.median_speed(bin_dir, students["seq_kd"], 1, "seq_kd", args.repeats),
+    }
+    s = results["speed_sentences_per_s"]
+    s["student_greedy_over_teacher_beam5"] = round(s["seq_kd_student_greedy"] / s["teacher_beam5"], 2)
+    results["seq_kd_throughput"] = seq_kd_throughput(bin_dir, teacher, args.repeats)
+    results["settings"] = vars(args)
+    results["seeds"] = [1]
+    print(results)
+    write_results("distillation", results, started)
+
+
+if __name__ == "__main__":
+    main()
