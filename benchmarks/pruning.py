@@ -70,7 +70,7 @@ def step_overhead(bin_dir, ckpt, rounds, batches=4):
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--retrain-epochs", type=int, default=2)
+    parser.add_argument("--retrain-epochs", type=int, default=1)
     parser.add_argument("--retrain-lr", type=float, default=0.0005)
     parser.add_argument("--rounds", type=int, default=7)
     args = parser.parse_args()
