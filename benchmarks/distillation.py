@@ -27,7 +27,7 @@ def corpus(bin_dir, teacher, name, extra):
     out = os.path.join(deen.DIR, name)
     if not os.path.exists(os.path.join(out, "bin", "train.de-en.en.idx")):
         demo.run(["fairseq-generate", bin_dir, "--user-dir", user_dir(), "--path", teacher, *deen.COMMON,
-                  *deen.LIMITS, "--task", "seq_kd", "--kd-output-dir", out, "--gen-subset", "train",
+                  *deen.NO_LIMITS, "--task", "seq_kd", "--kd-output-dir", out, "--gen-subset", "train",
                   "--max-tokens", "6000", "--max-len-a", "1.5", "--max-len-b", "10", "--kd-write-scores", *extra],
                  out + ".log", lambda line: "seq_kd:" in line)
         spm = os.path.dirname(bin_dir)
@@ -40,7 +40,7 @@ def corpus(bin_dir, teacher, name, extra):
 
 def seq_kd_throughput(bin_dir, teacher, repeats):
     """seq_kd vs plain fairseq-generate on the valid set, beam 5, same batches: median of paired ratios."""
-    base = ["fairseq-generate", bin_dir, "--user-dir", user_dir(), "--path", teacher, *deen.COMMON, *deen.LIMITS,
+    base = ["fairseq-generate", bin_dir, "--user-dir", user_dir(), "--path", teacher, *deen.COMMON, *deen.NO_LIMITS,
             "--gen-subset", "valid", "--beam", "5", "--max-tokens", "6000", "--max-len-a", "1.5", "--max-len-b", "10"]
     plain, kd = [], []
     for r in range(repeats):
@@ -79,20 +79,30 @@ def main():
         "seq_kd": deen.train("student_seq_kd", kd_bin, args.student_epochs, deen.STUDENT, student_train),
         "seq_inter": deen.train("student_seq_inter", inter_bin, args.student_epochs, deen.STUDENT, student_train),
     }
-    results = {"bleu": {}, "params": {}}
-    results["bleu"]["teacher"], _ = deen.bleu(bin_dir, teacher, "teacher", refs, [1, 5])
-    for name, ckpt in students.items():
-        results["bleu"][name], _ = deen.bleu(bin_dir, ckpt, name, refs, [1, 5])
     import torch
-    for name, ckpt in [("teacher", teacher), ("student", students["student"])]:
-        results["params"][name] = sum(t.numel() for t in torch.load(ckpt, map_location="cpu")["model"].values())
-    results["speed_sentences_per_s"] = {
-        "teacher_beam5": deen.median_speed(bin_dir, teacher, 5, "teacher", args.repeats),
-        "seq_kd_student_greedy": deen.median_speed(bin_dir, students["seq_kd"], 1, "seq_kd", args.repeats),
-    }
-    s = results["speed_sentences_per_s"]
-    s["student_greedy_over_teacher_beam5"] = round(s["seq_kd_student_greedy"] / s["teacher_beam5"], 2)
-    results["seq_kd_throughput"] = seq_kd_throughput(bin_dir, teacher, args.repeats)
+    ckpts = {"teacher": teacher, **students}
+    rows = {}
+    for name, ckpt in ckpts.items():
+        bleu, outputs = deen.bleu(bin_dir, ckpt, name, refs, [1, 5])
+        tensors = torch.load(ckpt, map_location="cpu")["model"].values()
+        params = sum(t.numel() for t in {(t.data_ptr(), t.shape): t for t in tensors}.values())  # tied: once
+        rows[name] = {"bleu_greedy": bleu["1"], "bleu_beam5": bleu["5"], "params": params,
+                      "greedy_mass_percent": deen.greedy_mass(outputs["1"])}
+    # decoding speed, one thread: the teacher with beam 5, the students greedily; batched and one sentence a time
+    for name, ckpt in ckpts.items():
+        beam = 5 if name == "teacher" else 1
+        rows[name]["words_per_sec"] = deen.words_per_sec(bin_dir, ckpt, beam, name, args.repeats)
+        rows[name]["words_per_sec_batch1"] = deen.words_per_sec(bin_dir, ckpt, beam, f"{name}.bs1", 1,
+                                                                batch=("--batch-size", "1"))
+        demo.log(f"{name}: {rows[name]}")
+    for name in students:
+        for key in ("words_per_sec", "words_per_sec_batch1"):
+            suffix = "" if key == "words_per_sec" else "_batch1"
+            rows[name][f"speedup_vs_teacher_beam5{suffix}"] = round(rows[name][key] / rows["teacher"][key], 2)
+    results = dict(rows)
+    throughput = seq_kd_throughput(bin_dir, teacher, args.repeats)
+    results["generation_throughput_ratio"] = throughput["ratio_median"]
+    results["generation_throughput"] = throughput
     results["settings"] = vars(args)
     results["seeds"] = [1]
     print(results)

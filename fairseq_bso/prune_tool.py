@@ -54,8 +54,9 @@ def save_atomic(obj, path: str) -> int:
 def stats(state: dict, kinds=KINDS) -> str:
     weights = prunable(state["model"].items(), kinds)
     rows = sparsity_table(OrderedDict(weights))
-    all_nz = sum(int(torch.count_nonzero(t)) for t in state["model"].values() if t.is_floating_point())
-    all_n = sum(t.numel() for t in state["model"].values() if t.is_floating_point())
+    unique = {(t.data_ptr(), tuple(t.shape)): t for t in state["model"].values() if t.is_floating_point()}
+    all_nz = sum(int(torch.count_nonzero(t)) for t in unique.values())  # a tied weight counts once
+    all_n = sum(t.numel() for t in unique.values())
     return (format_table(rows) + f"\nall parameters (biases included): {all_nz:,} non-zero of {all_n:,} "
             f"({1 - all_nz / max(all_n, 1):.2%} sparse)")
 

@@ -95,9 +95,10 @@ def prunable(named_parameters, kinds: Sequence[str]) -> "OrderedDict[str, torch.
     """Weight matrices of the chosen kinds, shared tensors once, in parameter order."""
     out, seen = OrderedDict(), set()
     for name, p in named_parameters:
-        if p.dim() < 2 or id(p) in seen or weight_kind(name) not in kinds:
+        key = (p.data_ptr(), tuple(p.shape))  # a tied weight, in a model or in a loaded state dict
+        if p.dim() < 2 or key in seen or weight_kind(name) not in kinds:
             continue
-        seen.add(id(p))
+        seen.add(key)
         out[name] = p
     return out
 

@@ -196,3 +196,14 @@ def test_bad_options_fail_before_training(word_order_bin, tmp_path, extra, messa
                          check=False)
     assert proc.returncode != 0 and message in proc.stdout, proc.stdout[-1500:]
     assert "num_updates" not in proc.stdout  # nothing trained
+
+
+def test_tied_weights_count_once_in_a_loaded_state_dict(tmp_path):
+    from fairseq_bso.prune_tool import stats
+    shared = torch.randn(6, 4)
+    state = {"model": OrderedDict([("decoder.embed_tokens.weight", shared), ("decoder.fc_out.weight", shared),
+                                   ("decoder.fc_out.bias", torch.zeros(6))])}
+    torch.save(state, tmp_path / "c.pt")
+    text = stats(torch.load(tmp_path / "c.pt"))
+    assert re.search(r"^\[total\]\s+24\s+24\s", text, re.M), text
+    assert "all parameters (biases included): 24 non-zero of 30" in text
