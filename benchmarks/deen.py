@@ -64,7 +64,7 @@ def train(name, bin_dir, epochs, model, args, max_tokens=4000):
     return ckpt
 
 
-def teacher(bin_dir, epochs=4):
+def teacher(bin_dir, epochs=8):
     return train("teacher", bin_dir, epochs, TEACHER, ["--criterion", "cross_entropy", "--lr", "0.002"])
 
 

@@ -56,13 +56,28 @@ def seq_kd_throughput(bin_dir, teacher, repeats):
             "ratio_median": round(statistics.median(ratios), 3), "ratios": [round(x, 3) for x in ratios]}
 
 
+STUDENTS = ("student", "word_kd", "seq_kd", "seq_inter")
+
+
+def student(name, bin_dir, kd_bin, inter_bin, teacher, args):
+    """One student (smaller batches than the teacher's: more updates in few epochs)."""
+    nll = ["--criterion", "cross_entropy", "--lr", "0.002"]
+    data, crit = {"student": (bin_dir, nll), "seq_kd": (kd_bin, nll), "seq_inter": (inter_bin, nll),
+                  "word_kd": (bin_dir, ["--criterion", "word_kd", "--kd-teacher-path", teacher,
+                                        "--kd-alpha", str(args.kd_alpha), "--lr", "0.002"])}[name]
+    return deen.train("student" if name == "student" else f"student_{name}", data, args.student_epochs,
+                      deen.STUDENT, crit, max_tokens=2000)
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--teacher-epochs", type=int, default=4)
-    parser.add_argument("--student-epochs", type=int, default=3)
+    parser.add_argument("--teacher-epochs", type=int, default=8)
+    parser.add_argument("--student-epochs", type=int, default=4)
     parser.add_argument("--kd-alpha", type=float, default=0.5)
     parser.add_argument("--inter-beam", type=int, default=5)
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--only-student", choices=STUDENTS,
+                        help="train just this student and stop (to train students in parallel processes)")
     args = parser.parse_args()
     started = time.time()
     bin_dir, refs = deen.data()
@@ -70,15 +85,10 @@ def main():
     kd_bin = corpus(bin_dir, teacher, "kd_beam", ["--beam", "5"])
     inter_bin = corpus(bin_dir, teacher, "kd_inter", ["--beam", str(args.inter_beam), "--nbest",
                                                       str(args.inter_beam), "--kd-selection", "seq_inter"])
-    student_train = ["--criterion", "cross_entropy", "--lr", "0.002"]
-    students = {
-        "student": deen.train("student", bin_dir, args.student_epochs, deen.STUDENT, student_train),
-        "word_kd": deen.train("student_word_kd", bin_dir, args.student_epochs, deen.STUDENT,
-                              ["--criterion", "word_kd", "--kd-teacher-path", teacher, "--kd-alpha",
-                               str(args.kd_alpha), "--lr", "0.002"]),
-        "seq_kd": deen.train("student_seq_kd", kd_bin, args.student_epochs, deen.STUDENT, student_train),
-        "seq_inter": deen.train("student_seq_inter", inter_bin, args.student_epochs, deen.STUDENT, student_train),
-    }
+    if args.only_student:
+        student(args.only_student, bin_dir, kd_bin, inter_bin, teacher, args)
+        return
+    students = {name: student(name, bin_dir, kd_bin, inter_bin, teacher, args) for name in STUDENTS}
     import torch
     ckpts = {"teacher": teacher, **students}
     rows = {}

@@ -18,7 +18,7 @@ from common import write_results
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--teacher-epochs", type=int, default=4)
+    parser.add_argument("--teacher-epochs", type=int, default=8)
     parser.add_argument("--extra-epochs", type=int, default=1)
     parser.add_argument("--lr", type=float, default=0.0005)
     parser.add_argument("--bso-beam-size", type=int, default=5)

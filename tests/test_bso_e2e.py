@@ -100,7 +100,7 @@ def test_model_without_incremental_decoder_is_refused():
     for s in "abcdef":
         d.add_symbol(s)
     task = SimpleNamespace(target_dictionary=d, begin_epoch=lambda epoch, model: None)
-    criterion = BSOCriterion(task, bso_beam_size=3, bso_curriculum_start=2)
+    BSOCriterion(task, bso_beam_size=3, bso_curriculum_start=2)  # wraps task.begin_epoch
     model = torch.nn.Module()
     model.encoder, model.decoder = torch.nn.Linear(2, 2), torch.nn.Linear(2, 2)
     with pytest.raises(ValueError, match="needs an encoder-decoder model with an incremental decoder"):

@@ -1,7 +1,6 @@
 """Safe checkpoint loading on torch >= 2.6 (weights_only=True stays on)."""
 
 import fractions
-import os
 
 import pytest
 import torch

@@ -13,7 +13,7 @@ from bso_reference import reference_bso
 from fairseq_bso.constraints import CONSTRAINTS, WordOrderConstraint, build_constraint
 from fairseq_bso.costs import COSTS
 from fairseq_bso.training_search import bso_loss, bso_search, deterministic_decoder, rescore
-from test_bso_search import grads, left_pad, list_cost, make_dict, make_model, right_pad
+from test_bso_search import left_pad, list_cost, make_dict, make_model, right_pad
 
 
 def brute_force_allowed(src_words, prefix, vocab, eos):

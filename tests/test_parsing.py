@@ -1,11 +1,9 @@
 """Arc-standard parsing: oracle round trip, constraint masks against brute force, constrained generation."""
 
 import itertools
-import os
 import random
 import re
 
-import pytest
 import torch
 from fairseq.data import Dictionary
 

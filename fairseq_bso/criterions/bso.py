@@ -18,7 +18,6 @@ resumed from ``checkpoint_last.pt`` continues with the right K.
 import logging
 from dataclasses import dataclass, field
 
-import torch
 from fairseq.logging import metrics
 from fairseq.criterions import FairseqCriterion, register_criterion
 from fairseq.dataclass import ChoiceEnum, FairseqDataclass
@@ -26,6 +25,7 @@ from fairseq.models import FairseqIncrementalDecoder
 
 from ..costs import COSTS
 from ..training_search import bso_loss, bso_search, deterministic_decoder, rescore
+from . import nonfinite
 
 logger = logging.getLogger(__name__)
 
@@ -134,7 +134,7 @@ class BSOCriterion(FairseqCriterion):
             "bso_gold_on_beam": (~result.reset.any(1)).sum().item(),
             "bso_beam": self.beam_size * nsentences,
         }
-        return loss, nsentences, logging_output
+        return nonfinite.guard(loss, nsentences, logging_output, model, sample)
 
     @staticmethod
     def reduce_metrics(logging_outputs) -> None:
@@ -149,6 +149,7 @@ class BSOCriterion(FairseqCriterion):
         metrics.log_scalar("delta", total("bso_delta") / max(violations, 1), max(violations, 1), round=3)
         metrics.log_scalar("gold_on_beam", total("bso_gold_on_beam") / max(nsentences, 1), nsentences, round=3)
         metrics.log_scalar("bso_beam", total("bso_beam") / max(nsentences, 1), nsentences, round=2)
+        nonfinite.log_skipped(logging_outputs)
 
     @staticmethod
     def logging_outputs_can_be_summed() -> bool:
