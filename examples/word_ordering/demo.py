@@ -108,8 +108,8 @@ def main():
     parser.add_argument("--valid", default=os.path.join(data, "kjv.valid.txt.gz"))
     parser.add_argument("--test", default=os.path.join(data, "kjv.test.txt.gz"))
     parser.add_argument("--nll-epochs", type=int, default=8)
-    parser.add_argument("--bso-epochs", type=int, default=4,
-                        help="BSO fine-tuning epochs, one per beam size, ending at K = 6 (4 epochs: K = 3, 4, 5, 6)")
+    parser.add_argument("--bso-epochs", type=int, default=3,
+                        help="BSO fine-tuning epochs, one per beam size, ending at K = 6 (3 epochs: K = 4, 5, 6)")
     parser.add_argument("--bso-lr", type=float, default=0.0005)
     parser.add_argument("--methods", nargs="+", default=["seq2seq", "bso", "conbso"],
                         choices=["seq2seq", "bso", "conbso"])
