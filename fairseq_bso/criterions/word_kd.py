@@ -23,6 +23,8 @@ from fairseq.criterions.label_smoothed_cross_entropy import label_smoothed_nll_l
 from fairseq.dataclass import FairseqDataclass
 from fairseq.logging import metrics
 
+from . import nonfinite
+
 
 @dataclass
 class WordKDConfig(FairseqDataclass):
@@ -112,7 +114,7 @@ class WordKDCriterion(FairseqCriterion):
             "nsentences": sample["target"].size(0),
             "sample_size": sample_size,
         }
-        return loss, sample_size, logging_output
+        return nonfinite.guard(loss, sample_size, logging_output, model, sample)
 
     @staticmethod
     def reduce_metrics(logging_outputs) -> None:
@@ -126,6 +128,7 @@ class WordKDCriterion(FairseqCriterion):
         metrics.log_scalar("nll_loss", total("nll_loss") / max(ntokens, 1) / math.log(2), ntokens, round=3)
         metrics.log_scalar("kd_loss", total("kd_loss") / max(ntokens, 1) / math.log(2), ntokens, round=3)
         metrics.log_derived("ppl", lambda meters: utils.get_perplexity(meters["nll_loss"].avg))
+        nonfinite.log_skipped(logging_outputs)
 
     @staticmethod
     def logging_outputs_can_be_summed() -> bool:
