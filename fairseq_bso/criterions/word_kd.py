@@ -13,6 +13,8 @@ fairseq's distributed training each worker holds its own teacher copy and
 scores its own batches.
 """
 
+import logging
+import os
 from dataclasses import dataclass, field
 
 import torch
@@ -24,6 +26,8 @@ from fairseq.dataclass import FairseqDataclass
 from fairseq.logging import metrics
 
 from . import nonfinite
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -40,10 +44,24 @@ def load_teacher(path: str, task):
 
     if not path:
         raise ValueError("--criterion word_kd needs --kd-teacher-path CHECKPOINT")
+    if not os.path.isfile(path):  # fairseq would say "OSError: Model file not found: PATH"
+        raise ValueError(f"--kd-teacher-path {path}: no such checkpoint")
     try:
         models, _, teacher_task = checkpoint_utils.load_model_ensemble_and_task([path])
     except FileNotFoundError as e:
-        raise ValueError(f"--kd-teacher-path {path}: no such checkpoint") from e
+        # fairseq reads a model's dictionaries from the data directory recorded in its checkpoint (often a
+        # relative path): gone, or elsewhere from here.  Take the student's, as fairseq-generate takes DATA's.
+        logger.warning(f"--kd-teacher-path {path}: cannot read the teacher's dictionaries from the data directory "
+                       f"it was trained on ({e}); using the student's ({task.cfg.data}), which it must share")
+        try:
+            models, _, teacher_task = checkpoint_utils.load_model_ensemble_and_task(
+                [path], arg_overrides={"data": task.cfg.data})
+        except RuntimeError as e:
+            if "size mismatch" not in str(e):
+                raise
+            why = str(e).splitlines()[-1].strip()
+            raise ValueError(f"--kd-teacher-path {path}: the teacher's embeddings do not fit the student's "
+                             f"dictionaries, the teacher was trained with other ones ({why})") from e
     for side in ("source_dictionary", "target_dictionary"):
         mine, theirs = getattr(task, side, None), getattr(teacher_task, side, None)
         if mine is not None and theirs is not None and list(mine.symbols) != list(theirs.symbols):
