@@ -79,6 +79,23 @@ class ConstrainedBeamTrainingTask(TranslationTask):
         super().optimizer_step(optimizer, model, update_num)
         self.pruner.after_step()  # re-mask the weights: no optimizer state revives a pruned weight
 
+    def get_batch_iterator(self, dataset, *args, **kwargs):
+        """fairseq-fixed 0.12.3 builds the batches with the numpy seed ``seed + epoch``, ``epoch`` being the
+        epoch in which the (cached, reused) iterator is created: 1 in an uninterrupted run, the resume epoch
+        after a restart.  A run resumed in epoch >= 2 would then train on other batches than the uninterrupted
+        run, and a mid-epoch resume would skip the first batches of the *other* batching (some examples seen
+        twice in that epoch, some never).  Build the batches of epoch 1, as the uninterrupted run does."""
+        epoch = kwargs.get("epoch", 1)
+        cached_across_epochs = (
+            self.can_reuse_epoch_itr(dataset) and not kwargs.get("disable_iterator_cache", False)
+            and not kwargs.get("update_epoch_batch_itr", False) and not getattr(self.cfg, "rebuild_batches", False))
+        if epoch <= 1 or not cached_across_epochs or dataset in self.dataset_to_epoch_iter:
+            return super().get_batch_iterator(dataset, *args, **kwargs)
+        iterator = super().get_batch_iterator(dataset, *args, **{**kwargs, "epoch": 1})
+        iterator.epoch = epoch  # the epoch it starts in (a resume then loads the position within it)
+        dataset.set_epoch(epoch)
+        return iterator
+
     def load_dataset(self, split, epoch=1, combine=False, **kwargs):
         super().load_dataset(split, epoch=epoch, combine=combine, **kwargs)
         if self.training_constraint is not None:
