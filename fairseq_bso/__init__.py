@@ -9,8 +9,10 @@ imported here, as fairseq's ``examples/discriminative_reranking_nmt`` does.
 
 __version__ = "0.1.0"
 
-from . import checkpoint_safety  # noqa: F401  (allow-lists fairseq checkpoint types)
+from . import checkpoint_files, checkpoint_safety  # noqa: E402
 
 checkpoint_safety.allow_fairseq_checkpoint_types()
+checkpoint_files.make_checkpoint_copies_atomic()  # a kill while fairseq copies checkpoint_last.pt
+checkpoint_files.name_unreadable_checkpoints()  # a truncated or foreign checkpoint: an error naming the file
 
 from . import criterions, tasks  # noqa: F401,E402
