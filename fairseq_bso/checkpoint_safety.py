@@ -22,3 +22,31 @@ def allow_fairseq_checkpoint_types() -> None:
     add = getattr(torch.serialization, "add_safe_globals", None)
     if add is not None:  # torch < 2.4 has no allow-list (and loads unrestricted by default)
         add(list(FAIRSEQ_CHECKPOINT_TYPES))
+
+
+def trust_broadcasts_between_workers() -> None:
+    """Distributed training: rank 0 loads a checkpoint (resume, ``--finetune-from-model``) and sends it to
+    the other workers as ``torch.save`` bytes (fairseq's ``distributed.utils._broadcast_object_slow``); they
+    ``torch.load`` the bytes with torch's default ``weights_only=True``, which refuses what rank 0 sends (the
+    checkpoint's omegaconf config, fairseq's ``_TensorPlaceholder``), so every such run with 2+ workers fails
+    with "Unsupported global: GLOBAL omegaconf.dictconfig.DictConfig".  The bytes come from this job's own
+    rank 0, which read the file through the safe loader, so the receivers load them unrestricted."""
+    import io
+
+    from fairseq.distributed import utils as distributed_utils
+
+    original = distributed_utils._broadcast_object_slow
+    if getattr(original, "fairseq_bso", False):
+        return
+
+    def _broadcast_object_slow(obj, src_rank, group, dist_device):
+        if distributed_utils.get_rank(group) == src_rank:
+            return original(obj, src_rank, group, dist_device)
+        length = torch.LongTensor([0]).to(dist_device)
+        distributed_utils.broadcast(length, src=src_rank, group=group)
+        buffer = torch.ByteTensor(int(length.item())).to(dist_device)
+        distributed_utils.broadcast(buffer, src=src_rank, group=group)
+        return torch.load(io.BytesIO(buffer.cpu().numpy()), map_location="cpu", weights_only=False)
+
+    _broadcast_object_slow.fairseq_bso = True
+    distributed_utils._broadcast_object_slow = _broadcast_object_slow
