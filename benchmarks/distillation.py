@@ -59,12 +59,19 @@ def seq_kd_throughput(bin_dir, teacher, repeats):
 STUDENTS = ("student", "word_kd", "seq_kd", "seq_inter")
 
 
-def student(name, bin_dir, kd_bin, inter_bin, teacher, args):
-    """One student (smaller batches than the teacher's: more updates in few epochs)."""
+def student(name, bin_dir, teacher, args):
+    """One student (smaller batches than the teacher's: more updates in few epochs); builds its corpus first."""
     nll = ["--criterion", "cross_entropy", "--lr", "0.002"]
-    data, crit = {"student": (bin_dir, nll), "seq_kd": (kd_bin, nll), "seq_inter": (inter_bin, nll),
-                  "word_kd": (bin_dir, ["--criterion", "word_kd", "--kd-teacher-path", teacher,
-                                        "--kd-alpha", str(args.kd_alpha), "--lr", "0.002"])}[name]
+    if name == "seq_kd":
+        data, crit = corpus(bin_dir, teacher, "kd_beam", ["--beam", "5"]), nll
+    elif name == "seq_inter":
+        data, crit = corpus(bin_dir, teacher, "kd_inter", ["--beam", str(args.inter_beam), "--nbest",
+                                                           str(args.inter_beam), "--kd-selection", "seq_inter"]), nll
+    elif name == "word_kd":
+        data, crit = bin_dir, ["--criterion", "word_kd", "--kd-teacher-path", teacher, "--kd-alpha",
+                               str(args.kd_alpha), "--lr", "0.002"]
+    else:
+        data, crit = bin_dir, nll
     return deen.train("student" if name == "student" else f"student_{name}", data, args.student_epochs,
                       deen.STUDENT, crit, max_tokens=2000)
 
@@ -82,13 +89,10 @@ def main():
     started = time.time()
     bin_dir, refs = deen.data()
     teacher = deen.teacher(bin_dir, args.teacher_epochs)
-    kd_bin = corpus(bin_dir, teacher, "kd_beam", ["--beam", "5"])
-    inter_bin = corpus(bin_dir, teacher, "kd_inter", ["--beam", str(args.inter_beam), "--nbest",
-                                                      str(args.inter_beam), "--kd-selection", "seq_inter"])
     if args.only_student:
-        student(args.only_student, bin_dir, kd_bin, inter_bin, teacher, args)
+        student(args.only_student, bin_dir, teacher, args)
         return
-    students = {name: student(name, bin_dir, kd_bin, inter_bin, teacher, args) for name in STUDENTS}
+    students = {name: student(name, bin_dir, teacher, args) for name in STUDENTS}
     import torch
     ckpts = {"teacher": teacher, **students}
     rows = {}
