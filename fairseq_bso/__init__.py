@@ -12,7 +12,7 @@ __version__ = "0.1.0"
 from . import checkpoint_files, checkpoint_safety  # noqa: E402
 
 checkpoint_safety.allow_fairseq_checkpoint_types()
-checkpoint_safety.trust_broadcasts_between_workers()  # rank 0 sends a loaded checkpoint to the other workers
+checkpoint_safety.safe_broadcasts_between_workers()  # rank 0 sends a loaded checkpoint to the other workers
 checkpoint_files.make_checkpoint_copies_atomic()  # a kill while fairseq copies checkpoint_last.pt
 checkpoint_files.name_unreadable_checkpoints()  # a truncated or foreign checkpoint: an error naming the file
 

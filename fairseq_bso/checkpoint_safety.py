@@ -24,20 +24,34 @@ def allow_fairseq_checkpoint_types() -> None:
         add(list(FAIRSEQ_CHECKPOINT_TYPES))
 
 
-def trust_broadcasts_between_workers() -> None:
+def broadcast_types() -> list:
+    """The globals a checkpoint holds once rank 0 has loaded it: its omegaconf config and fairseq's tensor
+    placeholders (found by loading a fairseq checkpoint broadcast with weights_only=True until it passed)."""
+    import collections
+    import typing
+
+    from fairseq.distributed.utils import _TensorPlaceholder
+    from omegaconf import DictConfig, ListConfig, base, nodes
+
+    return [DictConfig, ListConfig, base.ContainerMetadata, base.Metadata, nodes.AnyNode, nodes.StringNode,
+            nodes.IntegerNode, nodes.FloatNode, nodes.BooleanNode, typing.Any, dict, list, int, float, str, bool,
+            collections.defaultdict, collections.OrderedDict, _TensorPlaceholder, *FAIRSEQ_CHECKPOINT_TYPES]
+
+
+def safe_broadcasts_between_workers() -> None:
     """Distributed training: rank 0 loads a checkpoint (resume, ``--finetune-from-model``) and sends it to
     the other workers as ``torch.save`` bytes (fairseq's ``distributed.utils._broadcast_object_slow``); they
-    ``torch.load`` the bytes with torch's default ``weights_only=True``, which refuses what rank 0 sends (the
-    checkpoint's omegaconf config, fairseq's ``_TensorPlaceholder``), so every such run with 2+ workers fails
-    with "Unsupported global: GLOBAL omegaconf.dictconfig.DictConfig".  The bytes come from this job's own
-    rank 0, which read the file through the safe loader, so the receivers load them unrestricted."""
+    ``torch.load`` the bytes with torch's default ``weights_only=True``, which refuses the checkpoint's
+    omegaconf config and fairseq's ``_TensorPlaceholder``, so every such run with 2+ workers fails with
+    "Unsupported global: GLOBAL omegaconf.dictconfig.DictConfig".  The receivers keep ``weights_only=True``
+    and allow exactly those types, for that load only (a scoped ``safe_globals``, not the global list)."""
     import io
 
     from fairseq.distributed import utils as distributed_utils
 
     original = distributed_utils._broadcast_object_slow
-    if getattr(original, "fairseq_bso", False):
-        return
+    if getattr(original, "fairseq_bso", False) or not hasattr(torch.serialization, "safe_globals"):
+        return  # already patched, or torch < 2.5 (no weights_only default, nothing to fix)
 
     def _broadcast_object_slow(obj, src_rank, group, dist_device):
         if distributed_utils.get_rank(group) == src_rank:
@@ -46,7 +60,8 @@ def trust_broadcasts_between_workers() -> None:
         distributed_utils.broadcast(length, src=src_rank, group=group)
         buffer = torch.ByteTensor(int(length.item())).to(dist_device)
         distributed_utils.broadcast(buffer, src=src_rank, group=group)
-        return torch.load(io.BytesIO(buffer.cpu().numpy()), map_location="cpu", weights_only=False)
+        with torch.serialization.safe_globals(broadcast_types()):
+            return torch.load(io.BytesIO(buffer.cpu().numpy()), map_location="cpu", weights_only=True)
 
     _broadcast_object_slow.fairseq_bso = True
     distributed_utils._broadcast_object_slow = _broadcast_object_slow
