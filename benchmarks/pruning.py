@@ -73,6 +73,10 @@ def main():
     parser.add_argument("--retrain-epochs", type=int, default=1)
     parser.add_argument("--retrain-lr", type=float, default=0.0005)
     parser.add_argument("--rounds", type=int, default=7)
+    parser.add_argument("--schedule", choices=["one-shot", "gradual"], default="one-shot",
+                        help="gradual: cubic ramp from update 0 to --end-update within the retraining")
+    parser.add_argument("--end-update", type=int, default=100)
+    parser.add_argument("--tag", default="", help="suffix of the model folders and the results file")
     args = parser.parse_args()
     started = time.time()
     bin_dir, refs = deen.data()
@@ -84,11 +88,14 @@ def main():
     kd_bin = os.path.join(deen.DIR, "kd_beam", "bin")
     results = {"bleu": {}, "nonzero_params": {}, "export_bytes": {}, "sparse_export_bytes": {}}
     for ratio in RATIOS:
-        name = f"pruned{ratio}"
+        name = f"pruned{ratio}{args.tag}"
         ckpt = deen.train(name, kd_bin, args.retrain_epochs, deen.STUDENT,
                           ["--task", "constrained_beam_training", "--criterion", "cross_entropy",
                            "--lr", str(args.retrain_lr), "--finetune-from-model", student,
-                           "--prune-ratio", str(ratio / 100), "--prune-scheme", "class-blind"])
+                           "--prune-ratio", str(ratio / 100), "--prune-scheme", "class-blind",
+                           "--prune-schedule", args.schedule,
+                           *(["--prune-end-update", str(args.end_update), "--prune-frequency", "10"]
+                             if args.schedule == "gradual" else [])])
         bleu, _ = deen.bleu(bin_dir, ckpt, name, refs, [5])
         results["bleu"][str(ratio)] = bleu["5"]
         stats = demo.run(["fairseq-bso-prune", "stats", ckpt], os.path.join(deen.DIR, f"{name}.stats"))
@@ -109,7 +116,7 @@ def main():
     results["settings"] = vars(args)
     results["seeds"] = [1]
     print(results)
-    write_results("pruning", results, started)
+    write_results(f"pruning{args.tag}", results, started)
 
 
 if __name__ == "__main__":
