@@ -19,6 +19,8 @@ import os
 import shutil
 import zipfile
 
+from .faults import kill_at
+
 
 class UnreadableCheckpoint(RuntimeError):
     pass
@@ -27,7 +29,7 @@ class UnreadableCheckpoint(RuntimeError):
 def atomic_copy(src_path: str, dst_path: str) -> bool:
     tmp = dst_path + ".tmp"
     shutil.copyfile(src_path, tmp)
-    _fault_injection(tmp)
+    kill_at("FAIRSEQ_BSO_KILL_IN_COPY", lambda: _tear(tmp))  # tests: a kill halfway through the copy
     os.replace(tmp, dst_path)
     return True
 
@@ -72,17 +74,6 @@ def name_unreadable_checkpoints() -> None:
     checkpoint_utils.load_checkpoint_to_cpu = load_checkpoint_to_cpu
 
 
-_copies = 0
-
-
-def _fault_injection(tmp: str) -> None:
-    """Tests only: ``FAIRSEQ_BSO_KILL_IN_COPY=N`` SIGKILLs this process halfway through the N-th copy."""
-    global _copies
-    at = os.environ.get("FAIRSEQ_BSO_KILL_IN_COPY")
-    _copies += 1
-    if at and _copies == int(at):
-        import signal
-
-        with open(tmp, "r+b") as f:
-            f.truncate(os.path.getsize(tmp) // 2)
-        os.kill(os.getpid(), signal.SIGKILL)
+def _tear(tmp: str) -> None:
+    with open(tmp, "r+b") as f:
+        f.truncate(os.path.getsize(tmp) // 2)

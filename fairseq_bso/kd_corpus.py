@@ -22,6 +22,7 @@ import logging
 import os
 from typing import Dict, Iterable, List, Optional, Sequence
 
+from .faults import kill_at
 from .prep import write_atomic
 
 logger = logging.getLogger(__name__)
@@ -99,11 +100,17 @@ class CorpusStore:
     def append_batch(self, records: Iterable[Dict]) -> None:
         """Log one batch's sentences and make them durable before the next batch starts."""
         lines = [json.dumps(r, ensure_ascii=False) + "\n" for r in records]
-        _fault_injection(self._log, "".join(lines))
-        self._log.write("".join(lines))
+        text = "".join(lines)
+        kill_at("FAIRSEQ_BSO_KILL_AT_BATCH", lambda: self._tear(text))  # tests: a kill halfway through this write
+        self._log.write(text)
         self._log.flush()
         os.fsync(self._log.fileno())
         self.done_ids.update(json.loads(line)["id"] for line in lines)
+
+    def _tear(self, text: str) -> None:
+        self._log.write(text[: text.find("\n") // 2])
+        self._log.flush()
+        os.fsync(self._log.fileno())
 
     # -- completion and merge --------------------------------------------------------------------------------
     def finish_shard(self, expected_ids: Sequence[int]) -> bool:
@@ -141,23 +148,6 @@ class CorpusStore:
             logger.warning(f"seq_kd: {ids[-1] + 1 - len(ids)} sentences of {self.subset} were not generated "
                            f"(filtered by --max-source-positions / --skip-invalid-size-inputs-valid-test)")
         return True
-
-
-_batches_written = 0
-
-
-def _fault_injection(log, text: str) -> None:
-    """Tests only: ``FAIRSEQ_BSO_KILL_AT_BATCH=N`` SIGKILLs this process halfway through writing batch N."""
-    global _batches_written
-    at = os.environ.get("FAIRSEQ_BSO_KILL_AT_BATCH")
-    _batches_written += 1
-    if at and _batches_written == int(at):
-        import signal
-
-        log.write(text[: text.find("\n") // 2])  # a torn write, as a kill in the middle of it leaves
-        log.flush()
-        os.fsync(log.fileno())
-        os.kill(os.getpid(), signal.SIGKILL)
 
 
 def is_complete(out_dir: str, subset: str, num_shards: int) -> Optional[bool]:
