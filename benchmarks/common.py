@@ -33,9 +33,26 @@ def git_commit() -> str:
         return "unknown"
 
 
-def write_results(name: str, results: dict, started: float) -> str:
-    """Write benchmarks/results/NAME.json with the command, commit and wall time."""
+def valid_batches(ckpt: str, bin_dir: str, n: int, **iterator_args):
+    """(task, model, the first n shuffled valid batches) of a trained checkpoint on ``bin_dir``."""
+    from fairseq import checkpoint_utils, tasks
+    import fairseq_bso  # noqa: F401  (registers the plugin's tasks)
+
+    models, cfg, _ = checkpoint_utils.load_model_ensemble_and_task([ckpt])
+    cfg.task.data = bin_dir
+    task = tasks.setup_task(cfg.task)
+    task.load_dataset("valid")
+    itr = task.get_batch_iterator(dataset=task.dataset("valid"), required_batch_size_multiple=1, seed=1,
+                                  **iterator_args).next_epoch_itr(shuffle=True)
+    return task, models[0], [s for _, s in zip(range(n), itr)]
+
+
+def write_results(name: str, results: dict, started: float, settings=None, seeds=(1,)) -> str:
+    """Write benchmarks/results/NAME.json with the settings, seeds, command, commit and wall time."""
     results = dict(results)
+    if settings is not None:
+        results["settings"] = vars(settings) if hasattr(settings, "__dict__") else settings
+        results["seeds"] = list(seeds)
     results["command"] = " ".join(["python3"] + sys.argv)
     results["git_commit"] = git_commit()
     results["wall_seconds"] = round(time.time() - started, 1)

@@ -117,10 +117,8 @@ def main():
     throughput = seq_kd_throughput(bin_dir, teacher, args.repeats)
     results["generation_throughput_ratio"] = throughput["ratio_median"]
     results["generation_throughput"] = throughput
-    results["settings"] = vars(args)
-    results["seeds"] = [1]
     print(results)
-    write_results("distillation", results, started)
+    write_results("distillation", results, started, settings=args)
 
 
 if __name__ == "__main__":

@@ -20,7 +20,7 @@ import statistics
 import time
 
 import deen
-from common import write_results
+from common import valid_batches, write_results
 from deen import demo
 
 RATIOS = [0, 50, 80, 85, 90]
@@ -28,20 +28,11 @@ RATIOS = [0, 50, 80, 85, 90]
 
 def step_overhead(bin_dir, ckpt, rounds, batches=4):
     import torch
-    from fairseq import checkpoint_utils, tasks
-    import fairseq_bso  # noqa: F401
     from fairseq.criterions.cross_entropy import CrossEntropyCriterion
     from fairseq_bso.pruning import Pruner, PruningConfig
 
     torch.set_num_threads(2)
-    models, cfg, _ = checkpoint_utils.load_model_ensemble_and_task([ckpt])
-    model = models[0]
-    cfg.task.data = bin_dir
-    task = tasks.setup_task(cfg.task)
-    task.load_dataset("valid")
-    itr = task.get_batch_iterator(dataset=task.dataset("valid"), max_tokens=4000, required_batch_size_multiple=1,
-                                  seed=1).next_epoch_itr(shuffle=True)
-    samples = [s for _, s in zip(range(batches), itr)]
+    task, model, samples = valid_batches(ckpt, bin_dir, batches, max_tokens=4000)
     criterion = CrossEntropyCriterion(task, sentence_avg=False)
     pcfg = PruningConfig()
     pcfg.prune_ratio = 0.8
@@ -113,10 +104,8 @@ def main():
     overhead = step_overhead(bin_dir, student, args.rounds)
     results["overhead_ratio"] = overhead["overhead_ratio"]
     results["overhead"] = overhead
-    results["settings"] = vars(args)
-    results["seeds"] = [1]
     print(results)
-    write_results(f"pruning{args.tag}", results, started)
+    write_results(f"pruning{args.tag}", results, started, settings=args)
 
 
 if __name__ == "__main__":

@@ -30,21 +30,21 @@ def beams(row, keys=("1", "5", "10")):
     return " / ".join(f"{row[k]:.2f}" for k in keys if k in row)
 
 
+def beam_table(name, title, methods):
+    results = load(name)
+    if results:
+        print(f"{title}\n")
+        print("| method | here | talk |\n|---|---|---|")
+        for m in methods:
+            print(f"| {m} | {beams(results[m])} | {TALK[name].get(m, '–')} |")
+        print()
+
+
 def main():
-    wo = load("word_ordering")
-    if wo:
-        print("**Word ordering** (kjv, BLEU at test beams 1 / 5 / 10; talk: PTB)\n")
-        print("| method | here | talk |\n|---|---|---|")
-        for m in ("seq2seq", "bso", "conbso"):
-            print(f"| {m} | {beams(wo[m])} | {TALK['word_ordering'][m]} |")
-        print()
-    tr = load("translation")
-    if tr:
-        print("**Translation** (l10n-de-en, detokenized BLEU at test beams 1 / 5 / 10; talk: IWSLT14 de-en)\n")
-        print("| method | here | talk |\n|---|---|---|")
-        for m in ("pretrained", "seq2seq", "bso"):
-            print(f"| {m} | {beams(tr[m])} | {TALK['translation'].get(m, '–')} |")
-        print()
+    beam_table("word_ordering", "**Word ordering** (kjv, BLEU at test beams 1 / 5 / 10; talk: PTB)",
+               ("seq2seq", "bso", "conbso"))
+    beam_table("translation", "**Translation** (l10n-de-en, detokenized BLEU at test beams 1 / 5 / 10; talk: "
+               "IWSLT14 de-en)", ("pretrained", "seq2seq", "bso"))
     ds = load("distillation")
     if ds:
         print("**Distillation** (l10n-de-en; BLEU greedy / beam 5; source words/s on one thread: teacher at beam 5,"

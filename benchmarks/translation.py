@@ -41,10 +41,8 @@ def main():
     results["bso"], _ = deen.bleu(bin_dir, bso, "bso_sbleu", refs, args.beams,
                                   extra=["--task", "constrained_beam_training", "--bso-decoding"])
     results["bso_minus_seq2seq_beam5"] = round(results["bso"]["5"] - results["seq2seq"]["5"], 2)
-    results["settings"] = vars(args)
-    results["seeds"] = [1]
     print(results)
-    write_results("translation", results, started)
+    write_results("translation", results, started, settings=args)
 
 
 if __name__ == "__main__":

@@ -19,7 +19,7 @@ import statistics
 import sys
 import time
 
-from common import ROOT, SHARED, WORK, write_results
+from common import ROOT, SHARED, WORK, valid_batches, write_results
 
 sys.path.insert(0, os.path.join(ROOT, "examples", "word_ordering"))
 
@@ -42,21 +42,12 @@ def generation_times(args, bin_dir, ckpt, extra):
 def training_times(args, bin_dir, ckpt):
     """Median ms per BSO update (K=6) without / with the constraint, paired on the same batches."""
     import torch
-    from fairseq import checkpoint_utils, tasks
-    import fairseq_bso  # noqa: F401
+    from fairseq_bso.constraints import build_constraint
     from fairseq_bso.criterions.bso import BSOCriterion
 
     torch.set_num_threads(2)
-    models, cfg, _ = checkpoint_utils.load_model_ensemble_and_task([ckpt])
-    model = models[0]
-    cfg.task.data = bin_dir
-    cfg.task.constraint = "word_order"
-    task = tasks.setup_task(cfg.task)
-    task.load_dataset("valid")
-    itr = task.get_batch_iterator(dataset=task.dataset("valid"), max_sentences=64, required_batch_size_multiple=1,
-                                  seed=1).next_epoch_itr(shuffle=True)
-    samples = [s for _, s in zip(range(4), itr)]
-    constraint = task.training_constraint
+    task, model, samples = valid_batches(ckpt, bin_dir, 4, max_sentences=64)
+    constraint = build_constraint("word_order", task.source_dictionary, task.target_dictionary)
     criterion = BSOCriterion(task, bso_beam_size=6, bso_curriculum_start=6)
     state = {k: v.clone() for k, v in model.state_dict().items()}
     times = {"bso": [], "conbso": []}

@@ -89,3 +89,17 @@ def generate(data_bin: str, checkpoint: str, extra: Sequence[str] = (), beam: in
     cmd = ["fairseq-generate", data_bin, *(["--user-dir", USER_DIR] if user_dir else []), "--path", checkpoint,
            "--cpu", "--gen-subset", subset, "--beam", str(beam), "--batch-size", "8", *NO_DROP, *extra]
     return run(cmd, check=check)
+
+
+def task_and_valid_batch(checkpoint: str, data_bin: str):
+    """(task, model, cfg, the first valid batch of 8, unshuffled) of a checkpoint, in process."""
+    from fairseq import checkpoint_utils, tasks
+    import fairseq_bso  # noqa: F401  (registers the plugin)
+
+    models, cfg, _ = checkpoint_utils.load_model_ensemble_and_task([checkpoint])
+    cfg.task.data = data_bin
+    task = tasks.setup_task(cfg.task)
+    task.load_dataset("valid")
+    sample = next(iter(task.get_batch_iterator(dataset=task.dataset("valid"), max_sentences=8,
+                                               required_batch_size_multiple=1).next_epoch_itr(shuffle=False)))
+    return task, models[0], cfg, sample

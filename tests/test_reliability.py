@@ -282,16 +282,8 @@ def test_distillation_corpus_is_the_same_twice(word_order_bin, nll_checkpoint, t
 
 @pytest.fixture(scope="module")
 def in_process(word_order_bin, nll_checkpoint):
-    from fairseq import checkpoint_utils, tasks
-    import fairseq_bso  # noqa: F401
-
-    models, cfg, _ = checkpoint_utils.load_model_ensemble_and_task([nll_checkpoint])
-    cfg.task.data = word_order_bin
-    task = tasks.setup_task(cfg.task)
-    task.load_dataset("valid")
-    sample = next(iter(task.get_batch_iterator(dataset=task.dataset("valid"), max_sentences=8,
-                                               required_batch_size_multiple=1).next_epoch_itr(shuffle=False)))
-    return task, models[0], sample, nll_checkpoint
+    task, model, _, sample = harness.task_and_valid_batch(nll_checkpoint, word_order_bin)
+    return task, model, sample, nll_checkpoint
 
 
 @pytest.mark.parametrize("criterion", ["bso", "word_kd"])

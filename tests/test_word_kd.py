@@ -14,15 +14,7 @@ SMALL = ["--arch", "lstm", "--encoder-embed-dim", "8", "--encoder-hidden-size", 
 
 @pytest.fixture(scope="module")
 def setup(word_order_bin, nll_checkpoint):
-    from fairseq import checkpoint_utils, tasks
-    import fairseq_bso  # noqa: F401
-
-    _, cfg, _ = checkpoint_utils.load_model_ensemble_and_task([nll_checkpoint])
-    cfg.task.data = word_order_bin
-    task = tasks.setup_task(cfg.task)
-    task.load_dataset("valid")
-    sample = next(iter(task.get_batch_iterator(dataset=task.dataset("valid"), max_sentences=8,
-                                               required_batch_size_multiple=1).next_epoch_itr(shuffle=False)))
+    task, _, cfg, sample = harness.task_and_valid_batch(nll_checkpoint, word_order_bin)
     torch.manual_seed(3)
     student = task.build_model(cfg.model)  # a fresh (untrained) student of the same shape
     student.eval()
