@@ -78,9 +78,14 @@ class Constraint:
 
 @register_constraint("word_order")
 class WordOrderConstraint(Constraint):
-    """The output is a permutation of the source words: a remaining-count tensor
-    over the source multiset; a token is allowed while its count is positive;
-    ``</s>`` only when every count is zero.  Needs a joined dictionary."""
+    """The output is a permutation of the source words: a token is allowed while an
+    unused source position holds it; ``</s>`` only when every position is used.
+    Needs a joined dictionary.
+
+    State per row: the source words (rows, S) and which positions are used (rows, S).
+    Everything is O(rows · S) except the mask, one fill of (rows, V) plus a scatter of
+    the unused words, so a step costs about one pass over the scores.
+    """
 
     max_len_a_b = (1, 0)  # n words + </s> = the source length
 
@@ -92,22 +97,29 @@ class WordOrderConstraint(Constraint):
         self.eos, self.pad = tgt_dict.eos(), tgt_dict.pad()
         self.vocab = len(tgt_dict)
 
-    def initial_state(self, src_tokens: Tensor, beam: int) -> Tensor:
-        counts = torch.zeros(src_tokens.size(0), self.vocab, dtype=torch.int32, device=src_tokens.device)
-        counts.scatter_add_(1, src_tokens, torch.ones_like(src_tokens, dtype=torch.int32))
-        counts[:, self.pad] = 0
-        counts[:, self.eos] = 0
-        return counts.repeat_interleave(beam, dim=0)
+    def initial_state(self, src_tokens: Tensor, beam: int):
+        words = src_tokens.masked_fill(src_tokens.eq(self.eos), self.pad)
+        used = words.eq(self.pad)  # pads (and </s>) count as used positions
+        return words.repeat_interleave(beam, dim=0), used.repeat_interleave(beam, dim=0)
 
-    def mask(self, counts: Tensor) -> Tensor:
-        allowed = counts > 0
-        allowed[:, self.eos] = ~allowed.any(1)
-        return torch.zeros(allowed.shape, device=counts.device).masked_fill_(~allowed, NEG_INF)
+    def mask(self, state) -> Tensor:
+        words, used = state
+        mask = torch.full((words.size(0), self.vocab), NEG_INF, device=words.device)
+        open_ = torch.zeros(words.shape, device=words.device).masked_fill_(used, NEG_INF)
+        mask.scatter_reduce_(1, words, open_, reduce="amax")  # 0 where any unused position holds the token
+        mask[:, self.pad] = NEG_INF
+        mask[:, self.eos] = torch.zeros(words.size(0), device=words.device).masked_fill_(~used.all(1), NEG_INF)
+        return mask
 
-    def step(self, counts: Tensor, tokens: Tensor) -> Tensor:
-        used = torch.zeros_like(counts).scatter_(1, tokens.unsqueeze(1), 1)
-        used[:, self.eos] = 0
-        return (counts - used).clamp_(min=0)
+    def step(self, state, tokens: Tensor):
+        words, used = state
+        match = words.eq(tokens.unsqueeze(1)) & ~used
+        first = match.long().argmax(1, keepdim=True)  # the first unused position holding the token
+        used = used.scatter(1, first, match.gather(1, first) | used.gather(1, first))
+        return words, used
+
+    def reorder(self, state, order: Tensor):
+        return tuple(x.index_select(0, order) for x in state)
 
     def check(self, src: Tensor, tgt: Tensor) -> Optional[str]:
         words = lambda t: sorted(x for x in t.tolist() if x not in (self.eos, self.pad))  # noqa: E731

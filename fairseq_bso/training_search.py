@@ -101,7 +101,16 @@ def bso_search(
     constraint=None,
     src_tokens: Optional[Tensor] = None,
 ) -> SearchResult:
-    """Algorithm 1's forward pass for a batch: ``target`` is (B, T), right-padded, ending in ``</s>``."""
+    """Algorithm 1's forward pass for a batch: ``target`` is (B, T), right-padded, ending in ``</s>``.
+
+    Only the *live* beam items are run through the decoder: one row per sentence
+    at the first step and right after a reset (every slot would hold the same gold
+    prefix), none once a sentence's gold has ended, and at most K otherwise.  The
+    decoder state, the encoder output and the constraint state follow the live rows
+    (``reorder`` with the parent row of each new item).  The search keeps no token
+    history: each beam slot records its parent slot and its token (back-pointers),
+    and the violating paths are read back from them after the search.
+    """
     decoder = model.decoder
     B, T = target.shape
     K = beam_size
@@ -109,37 +118,46 @@ def bso_search(
     lengths = target.ne(pad).sum(1)
     last_step = lengths - 1
     sentence = torch.arange(B, device=device)
-    steps = torch.arange(T, device=device)
 
-    rows = sentence.repeat_interleave(K)
-    enc = model.encoder.reorder_encoder_out(encoder_out, rows)
+    # the rows computed at this step: beam slot b*K + k of each live item (step 0: the empty prefix)
+    row_slot = sentence * K
+    enc = encoder_out
     incremental_state: dict = {}
-    tokens = target.new_full((B * K, T + 1), pad)
-    tokens[:, 0] = eos  # fairseq decoders start from </s>
-    live = torch.zeros(B, K, dtype=torch.bool, device=device)
-    live[:, 0] = True  # the beam starts as the single empty prefix
-    only_first = live.clone()
+    prev_token = target.new_full((B,), eos)  # fairseq decoders start from </s>
+    only_first = torch.zeros(B, K, dtype=torch.bool, device=device)
+    only_first[:, 0] = True
     gold_slot = target.new_zeros(B)  # beam slot holding the gold prefix
     segment_start = target.new_zeros(B)  # first step after the last reset
-    state = constraint.initial_state(src_tokens, K) if constraint is not None else None
+    state = constraint.initial_state(src_tokens, 1) if constraint is not None else None
 
-    violating_tokens = target.clone()
+    back_slot = target.new_zeros(B, T, K)  # parent slot (at t-1) of the item in slot k after step t
+    back_token = target.new_zeros(B, T, K)  # its last token
+    rival_item = target.new_zeros(B, T)  # the rival's index slot * V + token at step t
+    seg_start = target.new_zeros(B, T)  # segment_start at step t
     violation = torch.zeros(B, T, dtype=torch.bool, device=device)
     reset = torch.zeros_like(violation)
-    gold_scores = torch.zeros(B, T, device=device)
-    rival_scores = torch.zeros(B, T, device=device)
+    gold_scores = rival_scores = None
     invalid = None
+    V = None
 
     for t in range(T):
-        logits = decoder(tokens[:, : t + 1], encoder_out=enc, incremental_state=incremental_state)[0]
-        logits = logits[:, -1, :].float()
-        V = logits.size(1)
+        n_rows = row_slot.numel()
+        if n_rows == 0:  # every gold has ended
+            break
+        # incremental decoders read the last token (and the prefix length): no history needed
+        prev = prev_token.unsqueeze(1).expand(n_rows, t + 1)
+        logits = decoder(prev, encoder_out=enc, incremental_state=incremental_state)[0][:, -1, :]
+        if logits.dtype in (torch.float16, torch.bfloat16):
+            logits = logits.float()
         if invalid is None:
-            invalid = invalid_token_mask(V, (pad, bos), device)
-        scores = logits + invalid
+            V = logits.size(1)
+            invalid = invalid_token_mask(V, (pad, bos), device).to(logits.dtype)
+            gold_scores = torch.zeros(B, T, dtype=logits.dtype, device=device)
+            rival_scores = torch.zeros_like(gold_scores)
+        row_scores = logits + invalid
         if constraint is not None:
-            scores = scores + constraint.mask(state)
-        scores = scores.view(B, K, V).masked_fill(~live.unsqueeze(2), NEG_INF).view(B, K * V)
+            row_scores = row_scores + constraint.mask(state)
+        scores = row_scores.new_full((B * K, V), NEG_INF).index_copy_(0, row_slot, row_scores).view(B, K * V)
 
         top_scores, top_idx = scores.topk(K, dim=1)  # sorted, best first
         gold_idx = gold_slot * V + target[:, t]
@@ -150,20 +168,14 @@ def bso_search(
         best_incorrect = (top_idx[:, 0] == gold_idx).long()
         rival_pos = torch.where(final, best_incorrect, torch.full_like(best_incorrect, K - 1))
         rival_score = top_scores.gather(1, rival_pos.unsqueeze(1)).squeeze(1)
-        rival_idx = top_idx.gather(1, rival_pos.unsqueeze(1)).squeeze(1)
         active = t <= last_step
         violated = active & (gold_score < rival_score + margin)
-
-        # The violating path since the last reset: the rival's prefix, then its token.
-        rival_row = sentence * K + torch.div(rival_idx, V, rounding_mode="floor")
-        history = tokens[rival_row, 1:].clone()
-        history[:, t] = rival_idx % V
-        in_segment = violated.unsqueeze(1) & (steps >= segment_start.unsqueeze(1)) & (steps <= t)
-        violating_tokens = torch.where(in_segment, history, violating_tokens)
 
         violation[:, t] = violated
         gold_scores[:, t] = gold_score
         rival_scores[:, t] = rival_score
+        rival_item[:, t] = top_idx.gather(1, rival_pos.unsqueeze(1)).squeeze(1)
+        seg_start[:, t] = segment_start
         if t == T - 1:
             break
 
@@ -171,23 +183,52 @@ def bso_search(
         do_reset = violated & ~final
         reset[:, t] = do_reset
         next_slot = torch.div(top_idx, V, rounding_mode="floor")
-        next_token = top_idx % V
-        gold_in_top = (top_idx == gold_idx.unsqueeze(1)).float().argmax(1)
-        next_slot = torch.where(do_reset.unsqueeze(1), gold_slot.unsqueeze(1).expand(B, K), next_slot)
-        next_token = torch.where(do_reset.unsqueeze(1), target[:, t : t + 1].expand(B, K), next_token)
+        next_token = top_idx - next_slot * V
+        gold_in_top = (top_idx == gold_idx.unsqueeze(1)).long().argmax(1)
+        next_slot = torch.where(do_reset.unsqueeze(1), gold_slot.unsqueeze(1), next_slot)
+        next_token = torch.where(do_reset.unsqueeze(1), target[:, t : t + 1], next_token)
         live = torch.where(do_reset.unsqueeze(1), only_first, top_scores > NEG_INF)
+        live &= (t + 1 <= last_step).unsqueeze(1)  # a sentence whose gold has ended leaves the search
         gold_slot = torch.where(do_reset, torch.zeros_like(gold_slot), gold_in_top)
         segment_start = torch.where(do_reset, torch.full_like(segment_start, t + 1), segment_start)
+        back_slot[:, t] = next_slot
+        back_token[:, t] = next_token
 
-        order = (sentence.unsqueeze(1) * K + next_slot).view(-1)
-        decoder.reorder_incremental_state_scripting(incremental_state, order)
-        tokens = tokens.index_select(0, order)
-        tokens[:, t + 1] = next_token.view(-1)
+        # the live items of the next step and the row each one continues
+        slot_row = row_slot.new_full((B * K,), -1)
+        slot_row[row_slot] = torch.arange(n_rows, device=device)
+        row_slot = live.view(-1).nonzero().view(-1)
+        parent_row = slot_row[(sentence.unsqueeze(1) * K + next_slot).view(-1)[row_slot]]
+        prev_token = next_token.view(-1)[row_slot]
+        decoder.reorder_incremental_state_scripting(incremental_state, parent_row)
+        enc = model.encoder.reorder_encoder_out(enc, parent_row)
         if constraint is not None:
-            state = constraint.step(constraint.reorder(state, order), next_token.view(-1))
+            state = constraint.step(constraint.reorder(state, parent_row), prev_token)
 
+    violating_tokens = violating_paths(violation, rival_item, seg_start, back_slot, back_token, target, V)
     delta = segment_costs(violation, reset, violating_tokens, target, cost)
     return SearchResult(violation, reset, delta, violating_tokens, gold_scores, rival_scores, K)
+
+
+def violating_paths(violation: Tensor, rival_item: Tensor, seg_start: Tensor, back_slot: Tensor,
+                    back_token: Tensor, target: Tensor, V: int) -> Tensor:
+    """The violating path: the gold, except in each violating segment the rival's tokens,
+    read from the back-pointers (one vectorized pass over the steps, for all violations)."""
+    tokens = target.clone()
+    b, t = violation.nonzero(as_tuple=True)
+    if b.numel() == 0:
+        return tokens
+    item = rival_item[b, t]
+    slot = torch.div(item, V, rounding_mode="floor")  # the rival's parent slot at step t - 1
+    tokens[b, t] = item - slot * V
+    start = seg_start[b, t]
+    for j in range(int(t.max().item()) - 1, -1, -1):
+        inside = (t > j) & (start <= j)
+        if not inside.any():
+            continue
+        tokens[b[inside], j] = back_token[b, j, slot][inside]
+        slot = torch.where(inside, back_slot[b, j, slot], slot)
+    return tokens
 
 
 def segment_costs(violation: Tensor, reset: Tensor, violating_tokens: Tensor, target: Tensor,
@@ -270,7 +311,9 @@ def rescore(model, encoder_out, target: Tensor, result: SearchResult, pad: int, 
             decoder.reorder_incremental_state_scripting(incremental_state, reset_rows[t])
         features = decoder.extract_features(inputs[:, : t + 1], encoder_out=enc, incremental_state=incremental_state)[0]
         logits.append(gathered_logits(decoder, features[:, -1, :], scored[:, t]))
-    f = torch.stack(logits, 1).float()
+    f = torch.stack(logits, 1)
+    if f.dtype in (torch.float16, torch.bfloat16):
+        f = f.float()
     f = torch.cat([f, f.new_zeros(2 * B, T - needed)], 1)
     return f[:B], f[B:]
 

@@ -28,7 +28,7 @@ def make_model(d, seed, layers=1, bidirectional=False, share=False):
                       bidirectional=bidirectional, padding_idx=d.pad())
     dec = LSTMDecoder(d, embed_dim=8, hidden_size=8, out_embed_dim=8, num_layers=layers, dropout_in=0.0,
                       dropout_out=0.0, encoder_output_units=enc.output_units, share_input_output_embed=share)
-    model = LSTMModel(enc, dec)
+    model = LSTMModel(enc, dec).double()  # float64: the comparisons below check exactness
     with torch.no_grad():  # spread the logits so that beams differ and ties are unlikely
         for p in model.parameters():
             p.mul_(4.0)
@@ -76,6 +76,23 @@ def vectorized(model, d, srcs, golds, K, cost):
     return result, bso_loss(gold, viol, result)
 
 
+def assert_grads_equal(got, want, rel=1e-9):
+    """Gradients of the same function by two routes: equal up to rounding.  The tolerance is
+    ``rel`` times the largest gradient of the model (rounding errors scale with the largest terms
+    of the computation, not with each tensor's own size); float64 eps ~ 2e-16, so the default 1e-9
+    leaves room for summation order only."""
+    scale = max(max(g.abs().max().item() for g in want.values()), 1.0)
+    for name in want:
+        diff = (got[name] - want[name]).abs().max().item()
+        assert diff <= rel * scale, (f"{name}: max |vectorized - reference| = {diff:.3e}, "
+                                     f"tolerance {rel:g} x largest gradient {scale:.3e}")
+
+
+def assert_loss_equal(got, want, rel=1e-9):
+    got, want = float(got), float(want)
+    assert abs(got - want) <= rel * max(abs(want), 1.0), f"loss: vectorized {got!r} vs reference {want!r}"
+
+
 def grads(model, loss):
     model.zero_grad()
     loss.backward()
@@ -106,11 +123,9 @@ def test_vectorized_search_equals_reference(seed, K, cost):
             assert result.delta[b, t].item() == pytest.approx(delta, abs=1e-5)
         assert not result.violation[b, len(g):].any()
         ref_loss = ref_loss + l_b
-    assert loss.item() == pytest.approx(float(ref_loss), rel=1e-4, abs=1e-4)
+    assert_loss_equal(loss.item(), ref_loss)
     if torch.is_tensor(ref_loss) and ref_loss.requires_grad:
-        g_ref = grads(model, ref_loss)
-        for name in g_vec:
-            torch.testing.assert_close(g_vec[name], g_ref[name], rtol=1e-3, atol=1e-4, msg=name)
+        assert_grads_equal(g_vec, grads(model, ref_loss))
 
 
 def test_cases_cover_the_corner_cases():
@@ -152,7 +167,7 @@ def test_gathered_logits_equal_full_output_layer():
     d = make_dict()
     for share in (False, True):
         model = make_model(d, 1, share=share)
-        feats = torch.randn(7, 8)
+        feats = torch.randn(7, 8, dtype=torch.float64)
         tokens = torch.randint(0, len(d), (7,))
         full = model.decoder.output_layer(feats).gather(1, tokens.unsqueeze(1)).squeeze(1)
         torch.testing.assert_close(gathered_logits(model.decoder, feats, tokens), full)
@@ -184,6 +199,7 @@ def make_transformer(d, seed):
                               activation_dropout=0.0, max_source_positions=64, max_target_positions=64)
     base_architecture(args)
     model = TransformerModel.build_model(args, SimpleNamespace(source_dictionary=d, target_dictionary=d))
+    model = model.double()  # float64: the comparisons check exactness
     with torch.no_grad():
         for p in model.parameters():
             p.mul_(3.0)
@@ -207,7 +223,7 @@ def test_transformer_decoder_search_equals_reference(seed, K):
         assert result.reset[b].nonzero().view(-1).tolist() == resets
         ref_loss = ref_loss + l_b
     assert result.reset.any()  # the case exercises the splice
-    assert loss.item() == pytest.approx(float(ref_loss), rel=1e-4, abs=1e-4)
-    g_ref = grads(model, ref_loss)
-    for name in g_vec:
-        torch.testing.assert_close(g_vec[name], g_ref[name], rtol=1e-3, atol=1e-4, msg=name)
+    # fairseq's attention softmax runs in float32 even in a float64 model (utils.softmax casts),
+    # so the two routes agree to float32 rounding (eps 1.2e-7) amplified through a few layers
+    assert_loss_equal(loss.item(), ref_loss, rel=1e-5)
+    assert_grads_equal(g_vec, grads(model, ref_loss), rel=1e-5)
