@@ -19,7 +19,7 @@ import os
 import shutil
 import zipfile
 
-from .faults import kill_at
+from .hooks import fault_point
 
 
 class UnreadableCheckpoint(RuntimeError):
@@ -29,7 +29,7 @@ class UnreadableCheckpoint(RuntimeError):
 def atomic_copy(src_path: str, dst_path: str) -> bool:
     tmp = dst_path + ".tmp"
     shutil.copyfile(src_path, tmp)
-    kill_at("FAIRSEQ_BSO_KILL_IN_COPY", lambda: _tear(tmp))  # tests: a kill halfway through the copy
+    fault_point("checkpoint_files.copy", path=tmp)  # tests: a kill halfway through the copy
     os.replace(tmp, dst_path)
     return True
 
@@ -72,8 +72,3 @@ def name_unreadable_checkpoints() -> None:
 
     load_checkpoint_to_cpu.fairseq_bso = True
     checkpoint_utils.load_checkpoint_to_cpu = load_checkpoint_to_cpu
-
-
-def _tear(tmp: str) -> None:
-    with open(tmp, "r+b") as f:
-        f.truncate(os.path.getsize(tmp) // 2)

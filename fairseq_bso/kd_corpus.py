@@ -22,7 +22,7 @@ import logging
 import os
 from typing import Dict, Iterable, List, Optional, Sequence
 
-from .faults import kill_at
+from .hooks import fault_point
 from .prep import write_atomic
 
 logger = logging.getLogger(__name__)
@@ -101,16 +101,11 @@ class CorpusStore:
         """Log one batch's sentences and make them durable before the next batch starts."""
         lines = [json.dumps(r, ensure_ascii=False) + "\n" for r in records]
         text = "".join(lines)
-        kill_at("FAIRSEQ_BSO_KILL_AT_BATCH", lambda: self._tear(text))  # tests: a kill halfway through this write
+        fault_point("seq_kd.append_batch", log=self._log, text=text)  # tests: a kill halfway through this write
         self._log.write(text)
         self._log.flush()
         os.fsync(self._log.fileno())
         self.done_ids.update(json.loads(line)["id"] for line in lines)
-
-    def _tear(self, text: str) -> None:
-        self._log.write(text[: text.find("\n") // 2])
-        self._log.flush()
-        os.fsync(self._log.fileno())
 
     # -- completion and merge --------------------------------------------------------------------------------
     def finish_shard(self, expected_ids: Sequence[int]) -> bool:

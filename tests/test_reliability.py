@@ -24,6 +24,7 @@ from typing import Dict, List, Sequence
 import pytest
 import torch
 
+import faults
 import harness
 
 UPDATES_PER_EPOCH = 13  # 200 training sentences, --batch-size 8 --update-freq 2 (or 2 workers): 25 batches
@@ -205,7 +206,7 @@ def test_sigkill_while_copying_checkpoint_last_keeps_the_previous_one(word_order
     cmd = train_cmd(word_order_bin, save, "--task", "constrained_beam_training", "--max-epoch", "2",
                     "--disable-validation")
     cmd.remove("--no-epoch-checkpoints")
-    killed = run(cmd, check=False, FAIRSEQ_BSO_KILL_IN_COPY="2")  # the copy to checkpoint_last.pt of epoch 2
+    killed = run(faults.command(cmd), check=False, FAIRSEQ_BSO_KILL_IN_COPY="2")  # the copy of epoch 2
     assert killed.returncode == -signal.SIGKILL, killed.stdout[-2000:]
     assert os.path.getsize(f"{save}/checkpoint_last.pt.tmp") < os.path.getsize(f"{save}/checkpoint2.pt")
     assert torch.load(f"{save}/checkpoint_last.pt", weights_only=False)["optimizer_history"][-1]["num_updates"] == 13

@@ -7,6 +7,7 @@ import re
 
 import pytest
 
+import faults
 import harness
 
 
@@ -33,7 +34,8 @@ def seq_kd(data_bin, ckpt, out_dir, extra=(), beam=3, check=True, env=None):
     import subprocess
     full_env = harness.env_without_overrides()
     full_env.update(env)
-    return subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=full_env)
+    return subprocess.run(faults.command(cmd), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                          env=full_env)
 
 
 def read(path):
