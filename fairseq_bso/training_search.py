@@ -46,6 +46,26 @@ from torch import Tensor, nn
 
 NEG_INF = float("-inf")
 
+#: The score f that ranks the beam and enters the margin.
+#:
+#: * ``logit`` (the paper): the raw logit of the last token, f(ŷ_t | ĥ_{t-1}); the
+#:   decoder's state summarizes the prefix.  Decode with ``--bso-decoding``.
+#: * ``log_softmax``: the prefix's summed log-probability S(ŷ_{1:t}) = Σ_j log p(ŷ_j | ŷ_<j),
+#:   a locally normalized score, as in the sequence-level margin losses of Edunov et al.
+#:   (2018).  Decode with fairseq's standard beam; combines with the NLL term.  A
+#:   violation compares S(y_{1:t}) with S(ŷ^(K)_{1:t}); after a reset both share the gold
+#:   prefix y_{1:s-1}, so the loss term is the difference of the segments' sums:
+#:   Δ·[1 − Σ_{j=s..t} log p(y_j) + Σ_{j=s..t} log p(ŷ_j)].
+SCORES = ("logit", "log_softmax")
+
+#: When the gold is exactly the K-th item of the beam (before the last step):
+#:
+#: * ``self`` (the paper's rule read literally): ŷ^(K) is the gold itself, f(y) < f(y) + 1
+#:   holds, so it is a violation with a zero gradient, yet a reset;
+#: * ``previous``: the rival is the (K−1)-th item, so the violation pushes the gold into
+#:   the top K − 1 with a real gradient.
+GOLD_KTH = ("self", "previous")
+
 
 @dataclass
 class SearchResult:
@@ -58,6 +78,8 @@ class SearchResult:
     gold_scores: Tensor  # float: f(y_t) during the search
     rival_scores: Tensor  # float: f(ŷ^(K)_t), or the best incorrect at the last step
     beam_size: int
+    segment_start: Tensor = None  # long: first step of the segment that step t belongs to (after the last reset)
+    score: str = "logit"  # the score f the search ranked by (see SCORES)
 
 
 @contextmanager
@@ -80,6 +102,11 @@ def deterministic_decoder(decoder: nn.Module):
             decoder.need_attn = need_attn
 
 
+def upcast(x: Tensor) -> Tensor:
+    """Half-precision scores in float32; float32 and float64 stay as they are."""
+    return x.float() if x.dtype in (torch.float16, torch.bfloat16) else x
+
+
 def invalid_token_mask(vocab_size: int, special: tuple, device) -> Tensor:
     """0 for candidate tokens, −inf for ``<pad>`` and ``<s>`` (never output)."""
     mask = torch.zeros(vocab_size, device=device)
@@ -100,8 +127,12 @@ def bso_search(
     margin: float = 1.0,
     constraint=None,
     src_tokens: Optional[Tensor] = None,
+    score: str = "logit",
+    gold_kth: str = "self",
 ) -> SearchResult:
     """Algorithm 1's forward pass for a batch: ``target`` is (B, T), right-padded, ending in ``</s>``.
+
+    ``score`` (see :data:`SCORES`) and ``gold_kth`` (see :data:`GOLD_KTH`) select the levers.
 
     Only the *live* beam items are run through the decoder: one row per sentence
     at the first step and right after a reset (every slot would hold the same gold
@@ -129,6 +160,12 @@ def bso_search(
     gold_slot = target.new_zeros(B)  # beam slot holding the gold prefix
     segment_start = target.new_zeros(B)  # first step after the last reset
     state = constraint.initial_state(src_tokens, 1) if constraint is not None else None
+    if score not in SCORES:
+        raise ValueError(f"score must be one of {SCORES}, got {score!r}")
+    if gold_kth not in GOLD_KTH:
+        raise ValueError(f"gold_kth must be one of {GOLD_KTH}, got {gold_kth!r}")
+    cumulative = score == "log_softmax"
+    row_prefix_score = None  # log_softmax: each row's prefix score S(ŷ_{1:t-1})
 
     back_slot = target.new_zeros(B, T, K)  # parent slot (at t-1) of the item in slot k after step t
     back_token = target.new_zeros(B, T, K)  # its last token
@@ -146,14 +183,15 @@ def bso_search(
             break
         # incremental decoders read the last token (and the prefix length): no history needed
         prev = prev_token.unsqueeze(1).expand(n_rows, t + 1)
-        logits = decoder(prev, encoder_out=enc, incremental_state=incremental_state)[0][:, -1, :]
-        if logits.dtype in (torch.float16, torch.bfloat16):
-            logits = logits.float()
+        logits = upcast(decoder(prev, encoder_out=enc, incremental_state=incremental_state)[0][:, -1, :])
         if invalid is None:
             V = logits.size(1)
             invalid = invalid_token_mask(V, (pad, bos), device).to(logits.dtype)
             gold_scores = torch.zeros(B, T, dtype=logits.dtype, device=device)
             rival_scores = torch.zeros_like(gold_scores)
+            row_prefix_score = logits.new_zeros(n_rows)
+        if cumulative:  # step 1 of the score: S(prefix + w) = S(prefix) + log p(w | prefix)
+            logits = torch.log_softmax(logits, dim=-1) + row_prefix_score.unsqueeze(1)
         row_scores = logits + invalid
         if constraint is not None:
             row_scores = row_scores + constraint.mask(state)
@@ -166,7 +204,10 @@ def bso_search(
         # The rival: ŷ^(K) before the last step; the best incorrect item at the last step.
         final = t == last_step
         best_incorrect = (top_idx[:, 0] == gold_idx).long()
-        rival_pos = torch.where(final, best_incorrect, torch.full_like(best_incorrect, K - 1))
+        kth = torch.full_like(best_incorrect, K - 1)
+        if gold_kth == "previous":  # the gold is the K-th item: the rival is the (K-1)-th instead of itself
+            kth = kth - (top_idx[:, K - 1] == gold_idx).long()
+        rival_pos = torch.where(final, best_incorrect, kth)
         rival_score = top_scores.gather(1, rival_pos.unsqueeze(1)).squeeze(1)
         active = t <= last_step
         violated = active & (gold_score < rival_score + margin)
@@ -193,6 +234,8 @@ def bso_search(
         segment_start = torch.where(do_reset, torch.full_like(segment_start, t + 1), segment_start)
         back_slot[:, t] = next_slot
         back_token[:, t] = next_token
+        if cumulative:  # the new items' prefix scores; after a reset the gold prefix's
+            prefix_score = torch.where(do_reset.unsqueeze(1), gold_score.unsqueeze(1), top_scores)
 
         # the live items of the next step and the row each one continues
         slot_row = row_slot.new_full((B * K,), -1)
@@ -200,6 +243,8 @@ def bso_search(
         row_slot = live.view(-1).nonzero().view(-1)
         parent_row = slot_row[(sentence.unsqueeze(1) * K + next_slot).view(-1)[row_slot]]
         prev_token = next_token.view(-1)[row_slot]
+        if cumulative:
+            row_prefix_score = prefix_score.reshape(-1)[row_slot]
         decoder.reorder_incremental_state_scripting(incremental_state, parent_row)
         enc = model.encoder.reorder_encoder_out(enc, parent_row)
         if constraint is not None:
@@ -207,7 +252,7 @@ def bso_search(
 
     violating_tokens = violating_paths(violation, rival_item, seg_start, back_slot, back_token, target, V)
     delta = segment_costs(violation, reset, violating_tokens, target, cost)
-    return SearchResult(violation, reset, delta, violating_tokens, gold_scores, rival_scores, K)
+    return SearchResult(violation, reset, delta, violating_tokens, gold_scores, rival_scores, K, seg_start, score)
 
 
 def violating_paths(violation: Tensor, rival_item: Tensor, seg_start: Tensor, back_slot: Tensor,
@@ -279,11 +324,26 @@ def gathered_logits(decoder, features: Tensor, tokens: Tensor) -> Tensor:
     return logits
 
 
-def rescore(model, encoder_out, target: Tensor, result: SearchResult, pad: int, eos: int):
-    """f(y_t) on the gold path and f(ŷ_t) on the violating path, under autograd.
+@dataclass
+class Rescored:
+    """Scores under autograd, (B, T) each: the gold path's and the violating path's step
+    scores (raw logits, or log-probabilities when ``score="log_softmax"``), and the gold
+    path's log-probabilities when the NLL term needs them (else None)."""
 
-    Returns two (B, T) tensors.  The violating row follows ``result.violating_tokens``
-    and, after each reset, continues from the gold row's state and the gold token.
+    gold: Tensor
+    violating: Tensor
+    gold_lprobs: Optional[Tensor] = None
+
+
+def rescore(model, encoder_out, target: Tensor, result: SearchResult, pad: int, eos: int,
+            nll: bool = False) -> Rescored:
+    """The gold path and the violating path, re-scored under autograd (2·B rows).
+
+    The violating row follows ``result.violating_tokens`` and, after each reset,
+    continues from the gold row's state and the gold token.  With ``result.score ==
+    "logit"`` only the two logits the loss needs are computed (rows of the output
+    projection, no softmax); with ``"log_softmax"`` the full output layer.  ``nll``
+    also returns the gold path's log-probabilities at every step (the NLL term).
     """
     decoder = model.decoder
     B, T = target.shape
@@ -302,23 +362,54 @@ def rescore(model, encoder_out, target: Tensor, result: SearchResult, pad: int, 
         idx = result.reset[:, t].nonzero().view(-1)
         order[B + idx] = idx
         reset_rows[t + 1] = order
-    # steps after the last violation of every sentence carry no loss
+    # steps after the last violation of every sentence carry no margin loss
     # (at least one step, so that the loss stays attached to the graph when nothing is violated)
     needed = int(result.violation.nonzero()[:, 1].max().item()) + 1 if result.violation.any() else 1
-    logits = []
+    if nll:
+        needed = T
+    cumulative = result.score == "log_softmax"
+    scores, gold_lprobs = [], []
     for t in range(needed):
         if t in reset_rows:
             decoder.reorder_incremental_state_scripting(incremental_state, reset_rows[t])
         features = decoder.extract_features(inputs[:, : t + 1], encoder_out=enc, incremental_state=incremental_state)[0]
-        logits.append(gathered_logits(decoder, features[:, -1, :], scored[:, t]))
-    f = torch.stack(logits, 1)
-    if f.dtype in (torch.float16, torch.bfloat16):
-        f = f.float()
+        features = features[:, -1, :]
+        if cumulative:
+            lprobs = torch.log_softmax(upcast(decoder.output_layer(features)), dim=-1)
+            scores.append(lprobs.gather(1, scored[:, t : t + 1]).squeeze(1))
+            if nll:
+                gold_lprobs.append(scores[-1][:B])
+        else:
+            scores.append(gathered_logits(decoder, features, scored[:, t]))
+            if nll:
+                lprobs = torch.log_softmax(upcast(decoder.output_layer(features[:B])), dim=-1)
+                gold_lprobs.append(lprobs.gather(1, target[:, t : t + 1]).squeeze(1))
+    f = upcast(torch.stack(scores, 1))
     f = torch.cat([f, f.new_zeros(2 * B, T - needed)], 1)
-    return f[:B], f[B:]
+    return Rescored(f[:B], f[B:], torch.stack(gold_lprobs, 1) if nll else None)
+
+
+def segment_sums(step_scores: Tensor, segment_start: Tensor) -> Tensor:
+    """Σ_{j=s..t} step_scores[:, j] for every t, s = ``segment_start[:, t]`` (cumulative sums)."""
+    cum = step_scores.cumsum(1)
+    before = torch.cat([cum.new_zeros(cum.size(0), 1), cum], 1).gather(1, segment_start)
+    return cum - before
 
 
 def bso_loss(gold: Tensor, violating: Tensor, result: SearchResult, margin: float = 1.0) -> Tensor:
-    """Σ over violation steps of Δ · [margin − f(y_t) + f(ŷ_t)] (summed over the batch)."""
+    """Σ over violation steps of Δ · [margin − f(y) + f(ŷ)] (summed over the batch).
+
+    ``logit``: f is the step's logit.  ``log_softmax``: f is the segment's summed
+    log-probability (the prefixes before the segment are the same gold prefix and cancel).
+    """
+    if result.score == "log_softmax":
+        gold = segment_sums(gold, result.segment_start)
+        violating = segment_sums(violating, result.segment_start)
     terms = result.delta * (margin - gold + violating)
     return torch.where(result.violation, terms, torch.zeros_like(terms)).sum()
+
+
+def nll_loss(gold_lprobs: Tensor, target: Tensor, pad: int) -> Tensor:
+    """The NLL term: −Σ log p(y_t | y_<t) over the gold tokens of the batch (the decoder
+    without dropout, as in the re-scoring pass it comes from)."""
+    return -gold_lprobs.masked_fill(target.eq(pad), 0.0).sum()

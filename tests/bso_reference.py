@@ -2,6 +2,15 @@
 
 Every score is computed by running the decoder on the whole prefix with teacher
 forcing, so nothing here shares code or tricks with ``fairseq_bso.training_search``.
+
+Levers, as ``fairseq_bso.training_search`` documents them:
+
+* ``score="logit"`` (the paper): a prefix scores the raw logit of its last token;
+  ``score="log_softmax"``: a prefix scores Σ_j log softmax(f(· | prefix_<j))[prefix_j],
+  and the beam keeps each prefix's score (computed here from scratch for every prefix);
+* ``gold_kth="self"``: the K-th item is the rival even when it is the gold;
+  ``"previous"``: then the (K−1)-th item is;
+* :func:`reference_nll`: −Σ_t log p(y_t | y_<t) over the whole gold.
 """
 
 import torch
@@ -15,8 +24,20 @@ def prefix_logits(model, src_tokens, src_lengths, prefix, eos):
     return logits[0, -1]
 
 
+def prefix_score(model, src_tokens, src_lengths, prefix, eos, score):
+    """The score of a whole prefix (with autograd)."""
+    if score == "logit":
+        return prefix_logits(model, src_tokens, src_lengths, prefix[:-1], eos)[prefix[-1]]
+    return sum(torch.log_softmax(prefix_logits(model, src_tokens, src_lengths, prefix[:j], eos), -1)[prefix[j]]
+               for j in range(len(prefix)))
+
+
+def reference_nll(model, src_tokens, src_lengths, gold, eos):
+    return -prefix_score(model, src_tokens, src_lengths, gold, eos, "log_softmax")
+
+
 def reference_bso(model, src_tokens, src_lengths, gold, beam_size, invalid, cost, eos, margin=1.0,
-                  allowed=None):
+                  allowed=None, score="logit", gold_kth="self"):
     """Returns (violation steps, reset steps, loss tensor with graph, deltas by step).
 
     ``gold``: target token list ending in </s>.  ``invalid``: token ids never
@@ -31,28 +52,34 @@ def reference_bso(model, src_tokens, src_lengths, gold, beam_size, invalid, cost
         candidates = []
         with torch.no_grad():
             for prefix in beam:
-                logits = prefix_logits(model, src_tokens, src_lengths, prefix, eos)
+                step = prefix_logits(model, src_tokens, src_lengths, prefix, eos)
+                base = 0.0
+                if score == "log_softmax":
+                    step = torch.log_softmax(step, -1)
+                    base = prefix_score(model, src_tokens, src_lengths, prefix, eos, score).item() if prefix else 0.0
                 ok = allowed(prefix) if allowed is not None else None
-                for w in range(logits.numel()):
+                for w in range(step.numel()):
                     if w in invalid or (ok is not None and w not in ok):
                         continue
-                    candidates.append((logits[w].item(), prefix + [w]))
+                    candidates.append((base + step[w].item(), prefix + [w]))
         candidates.sort(key=lambda c: -c[0])
         gold_prefix = gold[: t + 1]
-        gold_score = next(score for score, p in candidates if p == gold_prefix)
+        gold_score = next(s for s, p in candidates if p == gold_prefix)
         if t == T - 1:
             incorrect = [c for c in candidates if c[1] != gold_prefix]
             rival = incorrect[0] if incorrect else None
         else:
             rival = candidates[beam_size - 1] if len(candidates) >= beam_size else None
+            if rival is not None and rival[1] == gold_prefix and gold_kth == "previous":
+                rival = candidates[beam_size - 2]
         if rival is not None and gold_score < rival[0] + margin:
             violations.append(t)
             violating = rival[1]
             delta = cost(violating[segment_start:], gold_prefix[segment_start:])
             deltas[t] = delta
-            # the terms with autograd: gold and violating logits on their own prefixes
-            f_gold = prefix_logits(model, src_tokens, src_lengths, gold[:t], eos)[gold[t]]
-            f_viol = prefix_logits(model, src_tokens, src_lengths, violating[:t], eos)[violating[t]]
+            # the terms with autograd: gold and violating prefixes scored from scratch
+            f_gold = prefix_score(model, src_tokens, src_lengths, gold_prefix, eos, score)
+            f_viol = prefix_score(model, src_tokens, src_lengths, violating, eos, score)
             loss_terms.append(delta * (margin - f_gold + f_viol))
             if t < T - 1:
                 resets.append(t)

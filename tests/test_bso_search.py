@@ -7,9 +7,9 @@ import torch
 from fairseq.data import Dictionary
 from fairseq.models.lstm import LSTMDecoder, LSTMEncoder, LSTMModel
 
-from bso_reference import reference_bso
+from bso_reference import reference_bso, reference_nll
 from fairseq_bso.costs import COSTS, segment_bleu
-from fairseq_bso.training_search import (bso_loss, bso_search, deterministic_decoder, gathered_logits,
+from fairseq_bso.training_search import (bso_loss, bso_search, deterministic_decoder, gathered_logits, nll_loss,
                                          rescore)
 
 SYMBOLS = list("abcde")
@@ -65,15 +65,19 @@ def list_cost(name):
     return cost
 
 
-def vectorized(model, d, srcs, golds, K, cost):
+def vectorized(model, d, srcs, golds, K, cost, score="logit", gold_kth="self", nll_weight=0.0):
     src = left_pad(srcs, d.pad())
     lengths = torch.tensor([len(s) for s in srcs])
     target = right_pad(golds, d.pad())
     enc = model.encoder(src, src_lengths=lengths)
     with deterministic_decoder(model.decoder):
-        result = bso_search(model, enc, target, K, d.pad(), d.eos(), d.bos(), COSTS[cost])
-        gold, viol = rescore(model, enc, target, result, d.pad(), d.eos())
-    return result, bso_loss(gold, viol, result)
+        result = bso_search(model, enc, target, K, d.pad(), d.eos(), d.bos(), COSTS[cost], score=score,
+                            gold_kth=gold_kth)
+        scored = rescore(model, enc, target, result, d.pad(), d.eos(), nll=nll_weight > 0)
+    loss = bso_loss(scored.gold, scored.violating, result)
+    if nll_weight > 0:
+        loss = loss + nll_weight * nll_loss(scored.gold_lprobs, target, d.pad())
+    return result, loss
 
 
 def assert_grads_equal(got, want, rel=1e-9):
@@ -126,6 +130,55 @@ def test_vectorized_search_equals_reference(seed, K, cost):
     assert_loss_equal(loss.item(), ref_loss)
     if torch.is_tensor(ref_loss) and ref_loss.requires_grad:
         assert_grads_equal(g_vec, grads(model, ref_loss))
+
+
+LEVER_CASES = [(seed, K, score, gold_kth, nll) for seed in range(4)
+                for K, score, gold_kth, nll in ((2, "log_softmax", "self", 0.0), (3, "logit", "previous", 0.0),
+                                                (4, "log_softmax", "previous", 0.5), (3, "logit", "self", 0.7),
+                                                (9, "log_softmax", "self", 0.0))]
+
+
+@pytest.mark.parametrize("seed,K,score,gold_kth,nll", LEVER_CASES)
+def test_levers_equal_reference(seed, K, score, gold_kth, nll):
+    """--bso-score, --bso-gold-kth and --bso-nll-weight against the literal reference (float64)."""
+    d = make_dict()
+    model = make_model(d, 10 + seed, layers=1 + seed % 2, bidirectional=seed % 3 == 0, share=seed % 2 == 1)
+    if score == "log_softmax":  # log-probabilities are smaller than the spread logits: narrow the margins' scale
+        with torch.no_grad():
+            for p in model.decoder.parameters():
+                p.mul_(0.5)
+    model.train()
+    srcs, golds = random_batch(d, random.Random(100 + seed), batch=5)
+    result, loss = vectorized(model, d, srcs, golds, K, "sentence_bleu", score, gold_kth, nll)
+    g_vec = grads(model, loss)
+    ref_loss = 0.0
+    for b, (s, g) in enumerate(zip(srcs, golds)):
+        src, length = torch.tensor([s]), torch.tensor([len(s)])
+        viols, resets, l_b, _ = reference_bso(model, src, length, g, K, {d.pad(), d.bos()},
+                                              list_cost("sentence_bleu"), d.eos(), score=score, gold_kth=gold_kth)
+        assert result.violation[b].nonzero().view(-1).tolist() == viols, f"sentence {b}"
+        assert result.reset[b].nonzero().view(-1).tolist() == resets, f"sentence {b}"
+        ref_loss = ref_loss + l_b
+        if nll > 0:
+            ref_loss = ref_loss + nll * reference_nll(model, src, length, g, d.eos())
+    assert result.violation.any()  # the case has margin terms
+    assert_loss_equal(loss.item(), ref_loss)
+    assert_grads_equal(g_vec, grads(model, ref_loss))
+
+
+def test_gold_kth_rule_changes_the_rival():
+    """The lever cases include a gold that is exactly the K-th item (else the rule would be untested)."""
+    d = make_dict()
+    hits = 0
+    for seed, K, score, gold_kth, nll in LEVER_CASES:
+        if gold_kth != "previous":
+            continue
+        model = make_model(d, 10 + seed, layers=1 + seed % 2, bidirectional=seed % 3 == 0, share=seed % 2 == 1)
+        srcs, golds = random_batch(d, random.Random(100 + seed), batch=5)
+        a, _ = vectorized(model, d, srcs, golds, K, "zero_one", score, "self")
+        b, _ = vectorized(model, d, srcs, golds, K, "zero_one", score, "previous")
+        hits += int(not torch.equal(a.rival_scores, b.rival_scores))
+    assert hits > 0, "no lever case puts the gold exactly K-th"
 
 
 def test_cases_cover_the_corner_cases():

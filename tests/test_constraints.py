@@ -91,8 +91,8 @@ def test_conbso_search_equals_reference_with_constraint(seed, K):
     with deterministic_decoder(model.decoder):
         result = bso_search(model, enc, target, K, d.pad(), d.eos(), d.bos(), COSTS["zero_one"],
                             constraint=c, src_tokens=src)
-        gold, viol = rescore(model, enc, target, result, d.pad(), d.eos())
-    loss = bso_loss(gold, viol, result)
+        scored = rescore(model, enc, target, result, d.pad(), d.eos())
+    loss = bso_loss(scored.gold, scored.violating, result)
     ref_total = 0.0
     for b, (s, g) in enumerate(zip(srcs, golds)):
         allowed = lambda prefix, s=s: brute_force_allowed(s[:-1], prefix, len(d), d.eos())  # noqa: E731

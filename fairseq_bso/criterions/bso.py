@@ -16,6 +16,7 @@ resumed from ``checkpoint_last.pt`` continues with the right K.
 """
 
 import logging
+import math
 from dataclasses import dataclass, field
 
 from fairseq.logging import metrics
@@ -24,7 +25,7 @@ from fairseq.dataclass import ChoiceEnum, FairseqDataclass
 from fairseq.models import FairseqIncrementalDecoder
 
 from ..costs import COSTS
-from ..training_search import bso_loss, bso_search, deterministic_decoder, rescore
+from ..training_search import GOLD_KTH, SCORES, bso_loss, bso_search, deterministic_decoder, nll_loss, rescore
 from . import nonfinite
 
 logger = logging.getLogger(__name__)
@@ -43,6 +44,18 @@ class BSOConfig(FairseqDataclass):
         default=2, metadata={"help": "beam size of the first epoch (curriculum); set to --bso-beam-size to disable"})
     bso_curriculum_epochs: int = field(
         default=2, metadata={"help": "epochs per beam size in the curriculum (K grows by 1 after each block)"})
+    bso_score: ChoiceEnum(list(SCORES)) = field(  # type: ignore
+        default="logit",
+        metadata={"help": "score f ranking the beam: logit (the paper: the last step's raw logit; decode with "
+                          "--bso-decoding) or log_softmax (the prefix's summed log-probability; decode with "
+                          "fairseq's standard beam)"})
+    bso_nll_weight: float = field(
+        default=0.0, metadata={"help": "λ of a token-level NLL term added to the BSO loss: loss = BSO + λ·NLL "
+                                       "(summed over the batch's gold tokens)"})
+    bso_gold_kth: ChoiceEnum(list(GOLD_KTH)) = field(  # type: ignore
+        default="self",
+        metadata={"help": "when the gold is exactly the K-th item: self (the paper: the gold is its own rival, "
+                          "a zero-gradient violation and a reset) or previous (the rival is the (K-1)-th item)"})
 
 
 def curriculum_beam_size(epoch: int, start: int, epochs_per_size: int, final: int) -> int:
@@ -52,7 +65,8 @@ def curriculum_beam_size(epoch: int, start: int, epochs_per_size: int, final: in
 
 @register_criterion("bso", dataclass=BSOConfig)
 class BSOCriterion(FairseqCriterion):
-    def __init__(self, task, bso_beam_size=6, bso_cost="zero_one", bso_curriculum_start=2, bso_curriculum_epochs=2):
+    def __init__(self, task, bso_beam_size=6, bso_cost="zero_one", bso_curriculum_start=2, bso_curriculum_epochs=2,
+                 bso_score="logit", bso_nll_weight=0.0, bso_gold_kth="self"):
         super().__init__(task)
         tgt_dict = task.target_dictionary
         if bso_beam_size < 2:
@@ -67,6 +81,15 @@ class BSOCriterion(FairseqCriterion):
             raise ValueError(f"--bso-curriculum-epochs must be >= 1, got {bso_curriculum_epochs}")
         if str(bso_cost) not in COSTS:
             raise ValueError(f"--bso-cost must be one of {sorted(COSTS)}, got {bso_cost}")
+        if str(bso_score) not in SCORES:
+            raise ValueError(f"--bso-score must be one of {list(SCORES)}, got {bso_score}")
+        if str(bso_gold_kth) not in GOLD_KTH:
+            raise ValueError(f"--bso-gold-kth must be one of {list(GOLD_KTH)}, got {bso_gold_kth}")
+        if not bso_nll_weight >= 0:
+            raise ValueError(f"--bso-nll-weight must be >= 0, got {bso_nll_weight}")
+        self.score = str(bso_score)
+        self.nll_weight = float(bso_nll_weight)
+        self.gold_kth = str(bso_gold_kth)
         self.final_beam_size = bso_beam_size
         self.curriculum_start = bso_curriculum_start
         self.curriculum_epochs = bso_curriculum_epochs
@@ -116,10 +139,18 @@ class BSOCriterion(FairseqCriterion):
         encoder_out = model.encoder(net_input["src_tokens"], src_lengths=net_input["src_lengths"])
         constraint = getattr(self.task, "training_constraint", None)
         with deterministic_decoder(model.decoder):
+            # Algorithm 1's search, without autograd
             result = bso_search(model, encoder_out, target, self.beam_size, self.pad, self.eos, self.bos,
-                                self.cost, MARGIN, constraint=constraint, src_tokens=net_input["src_tokens"])
-            gold, violating = rescore(model, encoder_out, target, result, self.pad, self.eos)
-        loss = bso_loss(gold, violating, result, MARGIN)
+                                self.cost, MARGIN, constraint=constraint, src_tokens=net_input["src_tokens"],
+                                score=self.score, gold_kth=self.gold_kth)
+            # the gold and violating paths under autograd
+            scored = rescore(model, encoder_out, target, result, self.pad, self.eos, nll=self.nll_weight > 0)
+        margin_loss = bso_loss(scored.gold, scored.violating, result, MARGIN)
+        loss = margin_loss
+        nll = None
+        if self.nll_weight > 0:  # the NLL term (Edunov et al. 2018 mix token and sequence losses)
+            nll = nll_loss(scored.gold_lprobs, target, self.pad)
+            loss = margin_loss + self.nll_weight * nll
 
         nsentences = target.size(0)
         violations = result.violation.sum().item()
@@ -133,7 +164,10 @@ class BSOCriterion(FairseqCriterion):
             "bso_delta": result.delta.sum().item(),
             "bso_gold_on_beam": (~result.reset.any(1)).sum().item(),
             "bso_beam": self.beam_size * nsentences,
+            "bso_margin_loss": margin_loss.data,
         }
+        if nll is not None:
+            logging_output["bso_nll"] = nll.data
         return nonfinite.guard(loss, nsentences, logging_output, model, sample)
 
     @staticmethod
@@ -149,6 +183,10 @@ class BSOCriterion(FairseqCriterion):
         metrics.log_scalar("delta", total("bso_delta") / max(violations, 1), max(violations, 1), round=3)
         metrics.log_scalar("gold_on_beam", total("bso_gold_on_beam") / max(nsentences, 1), nsentences, round=3)
         metrics.log_scalar("bso_beam", total("bso_beam") / max(nsentences, 1), nsentences, round=2)
+        metrics.log_scalar("margin_loss", total("bso_margin_loss") / max(nsentences, 1), nsentences, round=3)
+        if any("bso_nll" in log for log in logging_outputs):
+            ntokens = total("ntokens")
+            metrics.log_scalar("nll_loss", total("bso_nll") / max(ntokens, 1) / math.log(2), ntokens, round=3)
         nonfinite.log_skipped(logging_outputs)
 
     @staticmethod
