@@ -139,10 +139,36 @@ class CorpusStore:
         if self.write_scores:
             write_atomic(paths[2], (f"{r['score']:.6f}" for r in records))
         logger.info(f"seq_kd: wrote {len(records)} lines to {', '.join(paths)}")
-        if ids and ids[-1] + 1 != len(ids):
-            logger.warning(f"seq_kd: {ids[-1] + 1 - len(ids)} sentences of {self.subset} were not generated "
-                           f"(filtered by --max-source-positions / --skip-invalid-size-inputs-valid-test)")
+        self._warn_missing(ids)
         return True
+
+    def _warn_missing(self, ids: Sequence[int]) -> None:
+        """Compare the merged ids with the subset's sentences (the manifest's count) and name why any is missing."""
+        settings = {}
+        if os.path.exists(self.manifest_path):
+            with open(self.manifest_path, encoding="utf-8") as f:
+                settings = json.load(f)
+        num = settings.get("num_sentences")
+        if num is None:  # no manifest: only gaps below the highest id can be seen
+            num = ids[-1] + 1 if ids else 0
+        missing = sorted(set(range(num)) - set(ids))
+        if not missing:
+            return
+        too_long = set(settings.get("too_long_ids", []))
+        not_batched = set(settings.get("not_batched_ids", []))
+        causes = []
+        for group, why in (
+                ([i for i in missing if i in too_long],
+                 "longer than the model accepts (--max-source-positions/--max-target-positions), left out by "
+                 "--skip-invalid-size-inputs-valid-test"),
+                ([i for i in missing if i in not_batched],
+                 "in no batch fairseq made, although they fit the model"),
+                ([i for i in missing if i not in too_long and i not in not_batched],
+                 "in no shard log although they were batched (logs changed after the shards finished?)")):
+            if group:
+                causes.append(f"{len(group)} {why}: ids {group[:10]}{' ...' if len(group) > 10 else ''}")
+        logger.warning(f"seq_kd: {len(missing)} of the {num} sentences of {self.subset} are not in the corpus (so its "
+                       f"lines no longer line up with the subset's): " + "; ".join(causes))
 
 
 def is_complete(out_dir: str, subset: str, num_shards: int) -> Optional[bool]:

@@ -121,3 +121,54 @@ def test_other_settings_are_refused_on_resume(word_order_bin, nll_checkpoint, tm
 def test_missing_output_dir_is_a_clear_error(word_order_bin, nll_checkpoint):
     proc = harness.generate(word_order_bin, nll_checkpoint, subset="train", extra=["--task", "seq_kd"], check=False)
     assert proc.returncode != 0 and "--task seq_kd needs --kd-output-dir DIR" in proc.stdout
+
+
+def test_every_sentence_with_the_default_batch_size_multiple(uneven_bin, nll_checkpoint, tmp_path):
+    """The issue's command, `--batch-size 64` and fairseq's default --required-batch-size-multiple 8, on 203
+    sentences: stock translation generates fewer (its last partial batch is dropped), seq_kd all of them."""
+    common = ["fairseq-generate", uneven_bin, "--user-dir", harness.USER_DIR, "--path", nll_checkpoint, "--cpu",
+              "--gen-subset", "train", "--beam", "4", "--batch-size", "64"]
+    stock, _, _ = parse(harness.run(common).stdout)
+    assert 200 <= len(stock) < 203, f"stock translation generated {len(stock)} of 203 sentences"
+    out_dir = str(tmp_path / "kd")
+    out = harness.run([*common, "--task", "seq_kd", "--kd-output-dir", out_dir]).stdout
+    hyps, srcs, _ = parse(out)
+    missing = sorted(set(range(203)) - set(hyps))
+    assert not missing, f"seq_kd generated {len(hyps)} of 203 sentences; missing ids {missing}"
+    assert read(f"{out_dir}/train.tgt") == [hyps[i][0] for i in range(203)]
+    assert read(f"{out_dir}/train.src") == read(os.path.join(os.path.dirname(uneven_bin), "train.src"))
+    assert "not in the corpus" not in out and "wrote 203 lines" in out
+
+
+def test_merge_counts_the_sentences_of_the_manifest(tmp_path, caplog):
+    """The merge compares the ids with the subset's sentence count: missing *highest* ids are noticed too, each
+    with its cause (too long for the model, never batched, or batched but not logged)."""
+    from fairseq_bso.kd_corpus import CorpusStore
+
+    store = CorpusStore(str(tmp_path), "train", "src", "tgt", 0, 1)
+    store.check_settings({"num_sentences": 12, "too_long_ids": [10], "not_batched_ids": [11]})
+    store.open_shard()
+    store.append_batch([{"id": i, "src": f"s{i}", "hyp": f"h{i}", "score": 0.0, "rank": 0} for i in range(9)])
+    with caplog.at_level("WARNING", logger="fairseq_bso.kd_corpus"):
+        assert store.finish_shard(list(range(9)))
+    assert read(tmp_path / "train.tgt") == [f"h{i}" for i in range(9)]
+    text = caplog.text
+    assert "3 of the 12 sentences of train are not in the corpus" in text, text
+    assert "1 longer than the model accepts (--max-source-positions/--max-target-positions), left out by " \
+           "--skip-invalid-size-inputs-valid-test: ids [10]" in text, text
+    assert "1 in no batch fairseq made, although they fit the model: ids [11]" in text, text
+    assert "1 in no shard log although they were batched" in text and "ids [9]" in text, text
+
+
+def test_too_long_sentences_are_named_in_the_warning(word_order_bin, nll_checkpoint, tmp_path):
+    """--skip-invalid-size-inputs-valid-test with a short --max-source-positions: the warning names that cause."""
+    out_dir = str(tmp_path / "kd")
+    out = seq_kd(word_order_bin, nll_checkpoint, out_dir, beam=1,
+                 extra=["--max-source-positions", "4", "--skip-invalid-size-inputs-valid-test"]).stdout
+    lengths = [len(line.split()) + 1 for line in read(os.path.join(os.path.dirname(word_order_bin), "train.src"))]
+    too_long = [i for i, n in enumerate(lengths) if n > 4]  # + </s>
+    assert too_long, "the test needs sentences longer than 4 tokens"
+    assert len(read(f"{out_dir}/train.tgt")) == 200 - len(too_long)
+    assert (f"{len(too_long)} of the 200 sentences of train are not in the corpus (so its lines no longer line up "
+            f"with the subset's): {len(too_long)} longer than the model accepts") in out, out[-3000:]
+    assert f"ids {too_long[:10]}" in out

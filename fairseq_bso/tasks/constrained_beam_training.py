@@ -23,6 +23,7 @@ from fairseq.dataclass import ChoiceEnum
 from fairseq.tasks import register_task
 from fairseq.tasks.translation import TranslationConfig, TranslationTask
 
+from ..batching import KeepEveryExample
 from ..constraints import build_constraint
 from ..generation import ConstrainedSequenceGenerator
 from ..pruning import Pruner, PruningConfig, check_options
@@ -59,7 +60,7 @@ class SkipExamples(BaseWrapperDataset):
 
 
 @register_task("constrained_beam_training", dataclass=ConstrainedBeamTrainingConfig)
-class ConstrainedBeamTrainingTask(TranslationTask):
+class ConstrainedBeamTrainingTask(KeepEveryExample, TranslationTask):
     def __init__(self, cfg, src_dict, tgt_dict):
         super().__init__(cfg, src_dict, tgt_dict)
         self.training_constraint = build_constraint(cfg.constraint, src_dict, tgt_dict)

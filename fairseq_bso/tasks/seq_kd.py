@@ -15,6 +15,12 @@ as the token strings of the binarized data (subwords kept), ready for
   with the highest sentence BLEU against the reference (sacrebleu's "exp"
   smoothing, on the subword tokens; the earlier-ranked one wins ties).
 
+Every sentence of the subset is generated whatever the batch options: fairseq
+drops the last partial batch when ``--required-batch-size-multiple`` (default 8)
+is > 1, the task keeps it (``fairseq_bso.batching``).  Only sentences longer than
+the model accepts, left out with ``--skip-invalid-size-inputs-valid-test``, are
+missing from the corpus, and the merge names them.
+
 Everything else is the translation task: the task only watches the batches go
 by (``inference_step``) and keeps its own shard log; see ``fairseq_bso.kd_corpus``
 for resume, sharding (``--distributed-world-size N --distributed-rank r``, one
@@ -26,6 +32,7 @@ import math
 from dataclasses import dataclass, field
 from typing import List, Optional
 
+import numpy as np
 import torch
 from fairseq import utils
 from fairseq.data import iterators
@@ -33,6 +40,7 @@ from fairseq.dataclass import ChoiceEnum
 from fairseq.tasks import register_task
 from fairseq.tasks.translation import TranslationConfig, TranslationTask
 
+from ..batching import KeepEveryExample
 from ..costs import segment_bleu
 from ..kd_corpus import CorpusStore
 
@@ -78,7 +86,7 @@ def select_seq_inter(candidates: List[List[torch.Tensor]], references: List[torc
 
 
 @register_task("seq_kd", dataclass=SeqKDConfig)
-class SeqKDTask(TranslationTask):
+class SeqKDTask(KeepEveryExample, TranslationTask):
     def __init__(self, cfg, src_dict, tgt_dict):
         super().__init__(cfg, src_dict, tgt_dict)
         self._store: Optional[CorpusStore] = None
@@ -96,7 +104,8 @@ class SeqKDTask(TranslationTask):
             return super().get_batch_iterator(dataset, *args, **kwargs)
         num_shards, shard_id = kwargs.pop("num_shards", 1), kwargs.pop("shard_id", 0)
         full = super().get_batch_iterator(dataset, *args, num_shards=1, shard_id=0, **kwargs)
-        batches = [list(b) for b in full.frozen_batches]
+        batches = [list(b) for b in full.frozen_batches]  # every sentence fairseq's size filter kept
+        too_long, not_batched = self._left_out(dataset, batches, kwargs.get("max_positions"))
         mine = batches[shard_id::num_shards]  # deterministic: every shard computes the same batch list
         self._store = CorpusStore(self.cfg.kd_output_dir, split, self.cfg.source_lang, self.cfg.target_lang,
                                   shard_id, num_shards, self.cfg.kd_write_scores)
@@ -111,7 +120,7 @@ class SeqKDTask(TranslationTask):
         self._remaining = len(todo)
         self._settings = {
             "subset": split, "num_sentences": len(dataset), "num_shards": num_shards,
-            "batch_ids_digest": hash_batches(batches),
+            "batch_ids_digest": hash_batches(batches), "too_long_ids": too_long, "not_batched_ids": not_batched,
             "selection": str(self.cfg.kd_selection),
         }
         logger.info(f"seq_kd: {split}, shard {shard_id} of {num_shards}: {len(mine)} batches "
@@ -121,6 +130,24 @@ class SeqKDTask(TranslationTask):
             dataset=dataset, collate_fn=dataset.collater, batch_sampler=todo, seed=kwargs.get("seed", 1),
             num_shards=1, shard_id=0, num_workers=kwargs.get("num_workers", 0), epoch=kwargs.get("epoch", 1),
             buffer_size=kwargs.get("data_buffer_size", 0))
+
+    @staticmethod
+    def _left_out(dataset, batches, max_positions):
+        """Ids in no batch: (longer than ``max_positions``, left out for another reason)."""
+        batched = {int(i) for b in batches for i in b}
+        absent = np.array([i for i in range(len(dataset)) if i not in batched], dtype=np.int64)
+        too_long: List[int] = []
+        if len(absent) and max_positions is not None:
+            too_long = sorted(int(i) for i in dataset.filter_indices_by_size(absent, max_positions)[1])
+        other = sorted(set(absent.tolist()) - set(too_long))
+        if too_long:
+            logger.warning(f"seq_kd: {len(too_long)} sentences are longer than the model accepts (max positions "
+                           f"{max_positions}) and left out by --skip-invalid-size-inputs-valid-test: ids "
+                           f"{too_long[:10]}{' ...' if len(too_long) > 10 else ''}")
+        if other:
+            logger.warning(f"seq_kd: {len(other)} sentences are in no batch although they fit the model: ids "
+                           f"{other[:10]}{' ...' if len(other) > 10 else ''}")
+        return too_long, other
 
     # -- generator: record the settings the corpus depends on ------------------------------------------------
     def build_generator(self, models, args, seq_gen_cls=None, extra_gen_cls_kwargs=None,

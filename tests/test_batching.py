@@ -1,0 +1,67 @@
+"""Every sentence is in a batch with fairseq's default batch options.
+
+fairseq-fixed 0.12.3's ``data_utils.batch_by_size`` drops the last batch when its size is not a multiple of
+``--required-batch-size-multiple`` (default 8), and its batcher ends a dataset with such a remainder batch: the
+last few sentences of every training epoch, every validation and every ``fairseq-generate`` run are lost.  The
+plugin's tasks keep that batch (``fairseq_bso/batching.py``); stock ``--task translation`` shows the loss.
+The seq_kd side (``fairseq-generate --task seq_kd``) is in tests/test_seq_kd.py.
+"""
+
+import numpy as np
+import pytest
+
+import harness
+
+N = {"train": 203, "valid": 20}
+BATCH_OPTIONS = {"batch-size 64": ["--batch-size", "64"], "max-tokens 100": ["--max-tokens", "100"]}
+
+
+def iterator_ids(data, task_name, subset, batch_options, epoch=1):
+    """The sentence ids fairseq-train's trainer iterates over in one epoch of ``subset``, in order."""
+    from fairseq import options, tasks
+    from fairseq.dataclass.utils import convert_namespace_to_omegaconf
+    from fairseq.trainer import Trainer
+
+    parser = options.get_training_parser()
+    args = options.parse_args_and_arch(parser, [
+        data, "--user-dir", harness.USER_DIR, "--task", task_name, *harness.TINY_LSTM, "--cpu", "--seed", "1",
+        "--criterion", "cross_entropy", "--optimizer", "adam", "--lr", "0.005", *batch_options])
+    cfg = convert_namespace_to_omegaconf(args)
+    assert cfg.dataset.required_batch_size_multiple == 8  # fairseq's default, left alone
+    task = tasks.setup_task(cfg.task)
+    model, criterion = task.build_model(cfg.model), task.build_criterion(cfg.criterion)
+    trainer = Trainer(cfg, task, model, criterion)
+    if subset == "train":
+        iterator = trainer.get_train_iterator(epoch=epoch)
+    else:
+        task.load_dataset(subset)
+        iterator = trainer.get_valid_iterator(subset)
+    return [i for sample in iterator.next_epoch_itr(shuffle=subset == "train") for i in sample["id"].tolist()]
+
+
+@pytest.mark.parametrize("options", BATCH_OPTIONS.values(), ids=BATCH_OPTIONS.keys())
+@pytest.mark.parametrize("subset", ["train", "valid"])
+def test_constrained_beam_training_iterates_over_every_sentence(uneven_bin, subset, options):
+    ids = iterator_ids(uneven_bin, "constrained_beam_training", subset, options)
+    missing = sorted(set(range(N[subset])) - set(ids))
+    assert not missing and len(ids) == N[subset], (
+        f"{len(ids)} of {N[subset]} {subset} sentences in the epoch; missing ids {missing}")
+    if subset == "train":  # a resumed epoch >= 2 (the task rebuilds epoch 1's batches): the same sentences
+        assert sorted(iterator_ids(uneven_bin, "constrained_beam_training", subset, options, epoch=2)) == sorted(ids)
+
+
+@pytest.mark.parametrize("subset", ["train", "valid"])
+def test_stock_translation_loses_the_last_partial_batch(uneven_bin, subset):
+    """The trap itself (docs/bad_inputs.md): the data above is data the fix is needed for."""
+    ids = iterator_ids(uneven_bin, "translation", subset, BATCH_OPTIONS["batch-size 64"])
+    lost = N[subset] - len(set(ids))
+    assert 1 <= lost < 8, f"stock translation iterated over {len(set(ids))} of {N[subset]} {subset} sentences"
+
+
+def test_left_out_sentences_become_one_more_batch_in_fairseqs_order():
+    from fairseq_bso.batching import with_left_out
+
+    indices = np.array([5, 3, 9, 0, 7, 1], dtype=np.int64)
+    batches = with_left_out([np.array([5, 3]), np.array([9, 0])], indices)
+    assert [b.tolist() for b in batches] == [[5, 3], [9, 0], [7, 1]]
+    assert [b.tolist() for b in with_left_out(batches, indices)] == [[5, 3], [9, 0], [7, 1]]  # nothing to add
