@@ -172,3 +172,16 @@ def test_too_long_sentences_are_named_in_the_warning(word_order_bin, nll_checkpo
     assert (f"{len(too_long)} of the 200 sentences of train are not in the corpus (so its lines no longer line up "
             f"with the subset's): {len(too_long)} longer than the model accepts") in out, out[-3000:]
     assert f"ids {too_long[:10]}" in out
+
+
+@pytest.mark.parametrize("extra,option,value", [
+    (["--remove-bpe"], "--post-process/--remove-bpe", "'subword_nmt'"),
+    (["--post-process", "sentencepiece"], "--post-process/--remove-bpe", "'sentencepiece'"),
+    (["--replace-unk", "--dataset-impl", "raw"], "--replace-unk", "'@@ '"),  # fairseq itself needs raw text for it
+])
+def test_options_the_corpus_would_ignore_are_refused(word_order_bin, nll_checkpoint, tmp_path, extra, option, value):
+    out_dir = str(tmp_path / "kd")
+    proc = seq_kd(word_order_bin, nll_checkpoint, out_dir, extra=extra, check=False)
+    assert proc.returncode != 0, proc.stdout[-2000:]
+    assert f"ValueError: --task seq_kd does not apply {option} (got {value})" in proc.stdout, proc.stdout[-2000:]
+    assert not os.path.exists(out_dir)  # refused before anything was generated

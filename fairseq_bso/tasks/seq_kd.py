@@ -10,7 +10,9 @@ as the token strings of the binarized data (subwords kept), ready for
 ``fairseq-preprocess --srcdict/--tgtdict`` with the teacher's dictionaries.
 
 - ``--kd-selection beam`` (Seq-KD): the teacher's best hypothesis, exactly the
-  ``H-`` line plain ``fairseq-generate`` prints with the same options.
+  ``H-`` line plain ``fairseq-generate`` prints with the same options (without
+  ``--post-process``/``--remove-bpe`` or ``--replace-unk``, which the corpus cannot
+  honour: the task refuses them).
 - ``--kd-selection seq_inter`` (Seq-Inter): among the ``--nbest`` hypotheses, the one
   with the highest sentence BLEU against the reference (sacrebleu's "exp"
   smoothing, on the subword tokens; the earlier-ranked one wins ties).
@@ -39,6 +41,7 @@ from fairseq.data import iterators
 from fairseq.dataclass import ChoiceEnum
 from fairseq.tasks import register_task
 from fairseq.tasks.translation import TranslationConfig, TranslationTask
+from omegaconf import II
 
 from ..batching import KeepEveryExample
 from ..costs import segment_bleu
@@ -58,6 +61,22 @@ class SeqKDConfig(TranslationConfig):
     kd_write_scores: bool = field(
         default=False, metadata={"help": "also write <subset>.score: the teacher's score of each kept hypothesis (the number fairseq-generate "
                           "prints on its H- line: length-normalized log2 probability)"})
+    # fairseq-generate's options that change the printed text but not the corpus (no help: not task options,
+    # fairseq fills them in from --post-process/--remove-bpe and --replace-unk)
+    post_process: Optional[str] = II("common_eval.post_process")
+    replace_unk: Optional[str] = II("generation.replace_unk")
+
+
+def check_options(cfg) -> None:
+    """The corpus is the H- line's tokens as they are: refuse options it would silently ignore."""
+    for value, option in ((getattr(cfg, "post_process", None), "--post-process/--remove-bpe"),
+                          (getattr(cfg, "replace_unk", None), "--replace-unk")):
+        if value is not None and not str(value).startswith("${"):
+            raise ValueError(
+                f"--task seq_kd does not apply {option} (got {value!r}): the corpus keeps the tokens of the binarized "
+                f"data, subwords and <unk> included, so that fairseq-preprocess --srcdict/--tgtdict binarizes it with "
+                f"the teacher's dictionaries. Drop {option.split('/')[0]}; post-process the written corpus yourself "
+                f"if you need to")
 
 
 def select_seq_inter(candidates: List[List[torch.Tensor]], references: List[torch.Tensor], pad: int) -> List[int]:
@@ -87,6 +106,11 @@ def select_seq_inter(candidates: List[List[torch.Tensor]], references: List[torc
 
 @register_task("seq_kd", dataclass=SeqKDConfig)
 class SeqKDTask(KeepEveryExample, TranslationTask):
+    @classmethod
+    def setup_task(cls, cfg, **kwargs):
+        check_options(cfg)  # before any dictionary or data is read
+        return super().setup_task(cfg, **kwargs)
+
     def __init__(self, cfg, src_dict, tgt_dict):
         super().__init__(cfg, src_dict, tgt_dict)
         self._store: Optional[CorpusStore] = None
