@@ -1,0 +1,165 @@
+#!/usr/bin/env python3
+"""Which BSO recipe wins?  An equal-budget ablation on the demo's word-ordering corpus.
+
+Question: fine-tuned from the same converged NLL model for the same number of extra
+epochs, which BSO levers give a model that, decoded as it was trained, beats
+continued NLL training at test beam 5 (and gains from the beam)?
+
+Protocol (fixed before the runs):
+
+* data: the demo's embedded King James corpus (12,000 / 400 / 400 sentences,
+  ``examples/word_ordering/data``), the demo's model (1-layer bi-LSTM encoder, 256
+  LSTM decoder, dropout 0.2), seed 1, one thread per run;
+* NLL baseline: token NLL, Adam 2e-3, until validation BLEU (fairseq's standard beam 5,
+  ``--eval-bleu``) has not improved for 4 epochs (``--patience 4``); best checkpoint;
+* every row starts from that checkpoint (``--finetune-from-model``) and trains
+  ``--epochs`` more epochs with Adam ``--lr``; valid BLEU at beam 5 *under the row's own
+  decoding* after every epoch (the learning curve); the checkpoint with the best valid
+  BLEU is kept; test BLEU at beams 1 / 5 / 10 under the row's decoding and, for BSO rows,
+  under the other decoding too;
+* one lever changes per row against ``bso`` (the paper's recipe: raw-logit score,
+  0/1 Δ, beam curriculum 2 → 6 one epoch per K, K_tr = 6).
+
+    python3 benchmarks/bso_recipe.py                       # all rows, 2 at a time
+    python3 benchmarks/bso_recipe.py --rows seq2seq bso    # some rows
+Each stage resumes (a finished run is skipped); results in benchmarks/results/bso_recipe.json.
+"""
+
+import argparse
+import json
+import os
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+from common import ROOT, WORK, write_results
+
+sys.path.insert(0, os.path.join(ROOT, "examples", "word_ordering"))
+
+import demo  # noqa: E402
+from fairseq_bso.evaluation import corpus_bleu, parse_hypotheses  # noqa: E402
+from fairseq_bso.prep import prepare_word_order, read_lines  # noqa: E402
+
+TASK = ["--task", "constrained_beam_training"]
+BSO = ["--criterion", "bso", "--bso-beam-size", "6", "--bso-curriculum-start", "2", "--bso-curriculum-epochs", "1"]
+RAW = ["--bso-decoding"]
+# name: (training options, decoding options, what changes against the row above it / against bso)
+ROWS = {
+    "seq2seq": (["--criterion", "cross_entropy"], [], "continued token NLL (the baseline)"),
+    "bso": (BSO, RAW, "the paper: raw-logit score, 0/1 Δ, curriculum 2→6, Adam"),
+    "bso_kth_previous": ([*BSO, "--bso-gold-kth", "previous"], RAW, "gold exactly K-th: rival is the (K-1)-th"),
+    "bso_nll": ([*BSO, "--bso-nll-weight", "1"], RAW, "+ 1·token NLL"),
+    "bso_log_softmax": ([*BSO, "--bso-score", "log_softmax"], [], "score = prefix log-probability"),
+    "bso_log_softmax_nll": ([*BSO, "--bso-score", "log_softmax", "--bso-nll-weight", "1"], [],
+                            "score = prefix log-probability, + 1·token NLL"),
+    "bso_adagrad": ([*BSO, "--optimizer", "adagrad"], RAW, "Adagrad (the authors' optimizer) instead of Adam"),
+}
+
+
+def fairseq_train(args, bin_dir, save_dir, extra, decode):
+    """One training run with per-epoch valid BLEU under the given decoding; skipped when done."""
+    done = os.path.join(save_dir, "done")
+    if os.path.exists(done):
+        return
+    eval_args = json.dumps({"beam": 5, "max_len_a": 1, "max_len_b": 5})
+    optimizer = [] if "--optimizer" in extra else ["--optimizer", "adam"]
+    cmd = ["fairseq-train", bin_dir, "--user-dir", demo.user_dir(), *demo.MODEL, *demo.COMMON, *TASK, *optimizer,
+           "--clip-norm", "5", "--batch-size", "64", "--save-dir", save_dir, "--no-epoch-checkpoints",
+           "--eval-bleu", "--eval-tokenized-bleu", "--eval-bleu-args", eval_args,
+           "--best-checkpoint-metric", "bleu", "--maximize-best-checkpoint-metric",
+           "--log-format", "json", "--log-interval", "100", "--no-progress-bar", *extra, *decode]
+    env = {**os.environ, "OMP_NUM_THREADS": str(args.threads)}
+    demo.log(f"train {save_dir}")
+    import subprocess
+    with open(save_dir + ".log", "a") as log:
+        proc = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
+    if proc.returncode != 0:
+        raise SystemExit(f"training failed: see {save_dir}.log")
+    open(done, "w").close()
+
+
+def learning_curve(log_path):
+    """[(epoch, valid BLEU)] from a fairseq json log (the last run's values win on a resume)."""
+    curve = {}
+    with open(log_path) as f:
+        for line in f:
+            if "| valid | {" in line:
+                stats = json.loads(line.split("| valid | ", 1)[1])
+                curve[int(stats["epoch"])] = float(stats["valid_bleu"])
+    return sorted(curve.items())
+
+
+def test_bleu(args, bin_dir, ckpt, decode, name, references):
+    scores = {}
+    for beam in args.beams:
+        out_log = os.path.join(args.workdir, f"test.{name}.beam{beam}.log")
+        out = demo.run(["fairseq-generate", bin_dir, "--user-dir", demo.user_dir(), "--path", ckpt, *demo.COMMON,
+                        *TASK, *decode, "--gen-subset", "test", "--beam", str(beam), "--batch-size", "100",
+                        "--max-len-a", "1", "--max-len-b", "5"], out_log)
+        scores[str(beam)] = round(corpus_bleu(parse_hypotheses(out, len(references)), references, tokenized=True), 2)
+    return scores
+
+
+def run_row(args, bin_dir, nll_ckpt, name, references):
+    train_args, decode, _ = ROWS[name]
+    save = os.path.join(args.workdir, name)
+    fairseq_train(args, bin_dir, save, [*train_args, "--lr", str(args.lr), "--max-epoch", str(args.epochs),
+                                        "--finetune-from-model", nll_ckpt], decode)
+    best = os.path.join(save, "checkpoint_best.pt")
+    row = {"lever": ROWS[name][2], "train_options": train_args, "decoding": decode or ["standard beam"],
+           "valid_curve": learning_curve(save + ".log")}
+    row["best_epoch"], row["best_valid_bleu"] = max(row["valid_curve"], key=lambda e: e[1])
+    row["test"] = test_bleu(args, bin_dir, best, decode, name, references)
+    if name != "seq2seq":  # the other decoding, for comparison
+        other = [] if decode else RAW
+        row["test_other_decoding"] = {"decoding": other or ["standard beam"],
+                                      **test_bleu(args, bin_dir, best, other, name + ".other", references)}
+    demo.log(f"{name}: best epoch {row['best_epoch']} valid {row['best_valid_bleu']} test {row['test']}")
+    return name, row
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--workdir", default=os.path.join(WORK, "bso_recipe"))
+    parser.add_argument("--rows", nargs="+", default=list(ROWS), choices=list(ROWS))
+    parser.add_argument("--epochs", type=int, default=12, help="extra epochs of every row")
+    parser.add_argument("--lr", type=float, default=0.0005)
+    parser.add_argument("--jobs", type=int, default=2, help="rows trained at once (one thread each)")
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--beams", type=int, nargs="+", default=[1, 5, 10])
+    parser.add_argument("--tag", default="", help="suffix of the results file name")
+    args = parser.parse_args()
+    started = time.time()
+    os.makedirs(args.workdir, exist_ok=True)
+    data = os.path.join(ROOT, "examples", "word_ordering", "data")
+    corpus = os.path.join(args.workdir, "corpus")
+    bin_dir = os.path.join(corpus, "bin")
+    if not os.path.exists(os.path.join(bin_dir, "test.src-tgt.tgt.idx")):
+        prepare_word_order(*(os.path.join(data, f"kjv.{s}.txt.gz") for s in ("train", "valid", "test")), corpus)
+    references = read_lines(os.path.join(corpus, "test.tgt"))
+
+    nll_dir = os.path.join(args.workdir, "nll")
+    fairseq_train(args, bin_dir, nll_dir, ["--criterion", "cross_entropy", "--lr", "0.002", "--max-epoch", "40",
+                                           "--patience", "4"], [])
+    nll_ckpt = os.path.join(nll_dir, "checkpoint_best.pt")
+    nll_curve = learning_curve(nll_dir + ".log")
+    results = {"nll_baseline": {"valid_curve": nll_curve, "epochs": len(nll_curve),
+                                "best_epoch": max(nll_curve, key=lambda e: e[1])[0],
+                                "best_valid_bleu": max(nll_curve, key=lambda e: e[1])[1],
+                                "test": test_bleu(args, bin_dir, nll_ckpt, [], "nll", references)}}
+    with ThreadPoolExecutor(args.jobs) as pool:
+        for name, row in pool.map(lambda n: run_row(args, bin_dir, nll_ckpt, n, references), args.rows):
+            results[name] = row
+    print(f"{'row':22s} {'best ep':>7s} {'valid':>6s}   test beams " + " / ".join(map(str, args.beams)))
+    for name in args.rows:
+        r = results[name]
+        print(f"{name:22s} {r['best_epoch']:7d} {r['best_valid_bleu']:6.2f}   "
+              + " / ".join(f"{r['test'][str(b)]:.2f}" for b in args.beams))
+    settings = {"epochs": args.epochs, "lr": args.lr, "threads_per_run": args.threads, "jobs": args.jobs,
+                "model": demo.MODEL, "batch_size": 64, "train_sentences": len(read_lines(os.path.join(corpus, "train.tgt"))),
+                "test_sentences": len(references), "valid_decoding_beam": 5}
+    write_results("bso_recipe" + args.tag, results, started, settings=settings)
+
+
+if __name__ == "__main__":
+    main()
