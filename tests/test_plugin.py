@@ -1,14 +1,34 @@
 """The plugin loads through --user-dir and as the installed package."""
 
 import os
+import re
 import subprocess
 
 import harness
 
 
+def choices(text, option):
+    """The choices fairseq-train prints for ``option``: ``--option {a,b,...}`` in --help, or argparse's
+    "argument --option: invalid choice: ... (choose from 'a', 'b', ...)"."""
+    m = re.search(re.escape(option) + r" \{([^}]*)\}", text) or re.search(
+        r"argument " + re.escape(option) + r": invalid choice: .*?\(choose from ([^)]*)\)", text, re.S)
+    assert m, f"no choice list for {option} in:\n{text[-2000:]}"
+    return {c.strip(" '") for c in m.group(1).split(",")}
+
+
 def test_train_help_lists_plugin_with_user_dir():
-    proc = harness.run(["fairseq-train", "--user-dir", harness.USER_DIR, "--help"])
-    assert "--criterion" in proc.stdout
+    criteria, task_names = {"bso", "word_kd"}, {"constrained_beam_training", "seq_kd"}
+    ours = harness.run(["fairseq-train", "--user-dir", harness.USER_DIR, "--help"]).stdout
+    assert criteria <= choices(ours, "--criterion"), f"missing: {sorted(criteria - choices(ours, '--criterion'))}"
+    # fairseq's --help prints --task without its choices (metavar TASK): each task name is accepted instead
+    for name in sorted(task_names):
+        proc = harness.run(["fairseq-train", "--user-dir", harness.USER_DIR, "--task", name, "--help"], check=False)
+        assert proc.returncode == 0 and "usage: fairseq-train" in proc.stdout, proc.stdout[-1500:]
+    # stock fairseq lists none of them, so the checks above are about the plugin
+    stock = harness.run(["fairseq-train", "--help"]).stdout
+    assert not criteria & choices(stock, "--criterion")
+    stock = harness.run(["fairseq-train", "--task", "seq_kd", "--help"], check=False).stdout
+    assert not task_names & choices(stock, "--task") and "translation" in choices(stock, "--task")
 
 
 def test_user_dir_of_installed_package_points_at_plugin():
