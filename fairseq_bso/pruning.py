@@ -35,6 +35,12 @@ pruned weight).  Masks are not stored anywhere: they are the exact zeros of the
 pruned matrices, re-derived after a resume (fairseq 0.12.2 does not restore
 ``task_state`` on resume), so checkpoints keep fairseq's parameter names and load
 in stock fairseq.
+
+A run that starts past ``--prune-start-update`` without the zeros the schedule has
+made by then (a dense checkpoint restored with ``--restore-file`` keeps fairseq's
+update count unless ``--reset-optimizer`` is given) would re-derive masks that
+prune nothing: when the re-derived sparsity is below what the schedule has
+reached by that update, the run prunes to it there and then, with a warning.
 """
 
 import logging
@@ -224,6 +230,25 @@ class Pruner:
     def started(self, update: int) -> bool:
         return update >= self.cfg.prune_start_update
 
+    def ratio_reached(self, update: int) -> float:
+        """The ratio the schedule has pruned to by this update (its last pruning step at or before it)."""
+        c = self.cfg
+        if update < c.prune_start_update:
+            return 0.0
+        if self.schedule == "one-shot" or update >= c.prune_end_update:
+            return c.prune_ratio
+        last = c.prune_start_update + (update - c.prune_start_update) // c.prune_frequency * c.prune_frequency
+        return cubic_ratio(last, c.prune_ratio, c.prune_start_update, c.prune_end_update)
+
+    def pruned_count(self, ratio: float) -> int:
+        """How many weights pruning to ``ratio`` zeroes (per class for class-uniform, as ``compute_masks``)."""
+        if self.scheme == "class-uniform":
+            sizes: Dict[str, int] = OrderedDict()
+            for n, p in self.weights.items():
+                sizes[weight_class(n)] = sizes.get(weight_class(n), 0) + p.numel()
+            return sum(int(math.floor(ratio * size)) for size in sizes.values())
+        return int(math.floor(ratio * sum(p.numel() for p in self.weights.values())))
+
     def before_step(self, update: int) -> None:
         ratio = self.target_ratio(update)
         if ratio is not None:
@@ -253,7 +278,20 @@ class Pruner:
 
     def masks_from_zeros(self, update: int) -> None:
         self.masks = {n: p.detach().ne(0).to(p.dtype) for n, p in self.weights.items()}
-        self.log(f"masks re-derived from the exact zeros of the weights at update {update} (resume)")
+        total = sum(p.numel() for p in self.weights.values())
+        zeros = total - sum(int(torch.count_nonzero(p)) for p in self.weights.values())
+        target = self.ratio_reached(update)
+        if zeros >= self.pruned_count(target):
+            self.log(f"masks re-derived from the exact zeros of the weights at update {update} (resume)")
+            return
+        c = self.cfg
+        logger.warning(
+            f"pruning: this run starts at update {update}, past --prune-start-update {c.prune_start_update}, but the "
+            f"selected weights are only {zeros / total:.2%} sparse ({zeros:,} exact zeros of {total:,}) where "
+            f"--prune-ratio {c.prune_ratio} --prune-schedule {self.schedule} has them {target:.2%} sparse by now; "
+            f"pruning to {target:.2%} at this update (a checkpoint restored with --restore-file keeps its update "
+            f"count unless --reset-optimizer is given)")
+        self.prune_to(target, update)
 
     def log(self, what: str) -> None:
         rows = sparsity_table(OrderedDict((n, p.detach()) for n, p in self.weights.items()))

@@ -207,3 +207,66 @@ def test_tied_weights_count_once_in_a_loaded_state_dict(tmp_path):
     text = stats(torch.load(tmp_path / "c.pt"))
     assert re.search(r"^\[total\]\s+24\s+24\s", text, re.M), text
     assert "all parameters (biases included): 24 non-zero of 30" in text
+
+
+def sparsity(ckpt):
+    """(exact zeros, total) over the weight matrices the default --prune-classes select, in a checkpoint."""
+    from fairseq_bso.pruning import KINDS
+    weights = prunable(torch.load(ckpt, map_location="cpu")["model"].items(), KINDS)
+    return sum(int((w == 0).sum()) for w in weights.values()), sum(w.numel() for w in weights.values())
+
+
+ONE_SHOT = ["--task", "constrained_beam_training", "--prune-ratio", "0.6"]  # class-blind, at update 0
+
+
+def test_dense_checkpoint_restored_past_prune_start_is_pruned_to_the_target(word_order_bin, nll_checkpoint,
+                                                                             tmp_path):
+    """--restore-file without --reset-optimizer keeps fairseq's update count (26 after nll_checkpoint's 2 epochs),
+    past --prune-start-update 0: the masks re-derived from the dense model's zeros would prune nothing."""
+    dense_zeros, total = sparsity(nll_checkpoint)
+    assert dense_zeros / total < 0.01, f"{dense_zeros} of {total}"  # the embeddings' padding rows only
+    save = str(tmp_path / "ckpt")
+    out = harness.train(word_order_bin, save, extra=[*ONE_SHOT, "--restore-file", nll_checkpoint], max_epoch=3).stdout
+    assert "Loaded checkpoint" in out and "@ 26 updates)" in out, out[-2000:]
+    assert (f"pruning: this run starts at update 26, past --prune-start-update 0, but the selected weights are only "
+            f"{dense_zeros / total:.2%} sparse ({dense_zeros:,} exact zeros of {total:,}) where --prune-ratio 0.6 --prune-schedule one-shot has them "
+            f"60.00% sparse by now; pruning to 60.00% at this update") in out, out[-3000:]
+    assert "pruned to 60.00% (class-blind) at update 26" in out
+    zeros, total = sparsity(f"{save}/checkpoint_last.pt")  # after 13 more updates: the masks held
+    assert zeros == math.floor(0.6 * total), f"{zeros} of {total} weights are zero ({zeros / total:.2%}), not 60%"
+
+
+def test_resumed_pruned_run_keeps_its_masks(word_order_bin, tmp_path):
+    """A pruned run resumed past --prune-start-update: the exact zeros are at the target, so they are the masks
+    (no warning, no new pruning), and the same weights stay zero through another epoch."""
+    save = str(tmp_path / "ckpt")
+    harness.train(word_order_bin, save, extra=ONE_SHOT, max_epoch=1)
+    zeros1, total = sparsity(f"{save}/checkpoint_last.pt")
+    assert zeros1 == math.floor(0.6 * total), f"{zeros1} of {total} zero after pruning"
+    before = zero_sets(f"{save}/checkpoint_last.pt")[0]
+    out = harness.train(word_order_bin, save, extra=ONE_SHOT, max_epoch=2).stdout
+    assert "masks re-derived from the exact zeros of the weights at update 13 (resume)" in out, out[-3000:]
+    assert "pruning: this run starts" not in out and "pruned to" not in out
+    after = zero_sets(f"{save}/checkpoint_last.pt")[0]
+    changed = [n for n in before if not torch.equal(before[n], after[n])]
+    assert not changed, f"zero sets changed in {changed}"
+
+
+@pytest.mark.parametrize("scheme", ["class-blind", "class-uniform"])
+def test_gradual_restart_between_steps_prunes_to_the_last_step(scheme):
+    """Gradual schedule, a dense model first seen at update 6 (steps at 0, 4, 8, 10): pruned to the ratio of
+    step 4; a model already at that ratio keeps its zeros."""
+    cfg = config(prune_ratio=0.8, prune_schedule="gradual", prune_start_update=0, prune_end_update=10,
+                 prune_frequency=4, prune_scheme=scheme)
+    pruner = Pruner(cfg, tiny_lstm())
+    n = sum(p.numel() for p in pruner.weights.values())
+    pruner.before_step(6)
+    zeros = sum(int((p == 0).sum()) for p in pruner.weights.values())
+    expected = pruner.pruned_count(cubic_ratio(4, 0.8, 0, 10))
+    assert zeros == expected and 0 < zeros < n, f"{zeros} of {n} zero, expected {expected}"
+    kept = Pruner(cfg, tiny_lstm())  # a resumed run: the pruned weights in a fresh model
+    for name, p in kept.weights.items():
+        p.data.copy_(pruner.weights[name].detach())
+    kept.before_step(7)
+    assert all(torch.equal(kept.masks[name] == 0, pruner.weights[name] == 0) for name in kept.weights)
+    assert kept.current_ratio == 0.0  # re-derived, not pruned again
