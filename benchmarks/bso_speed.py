@@ -3,7 +3,11 @@
 
 Same model (fairseq's ``lstm_wiseman_iwslt_de_en``, 1×256 LSTM), same batches of real
 data (``../shared/data/l10n-de-en``, sentencepiece 4k, batches of 128 sentences),
-2 threads.  Timing is paired: every round runs every method on the same batches
+2 threads.  ``--model demo`` times the demo's model on the demo's embedded corpus
+(batches of 64 sentences) instead: a few minutes, from a clone alone.  ``--profile``
+adds a torch-profiler breakdown of one K = 6 update (search decoder forwards, top-k and
+bookkeeping, beam reorders, Δ, re-scoring forward, backward, optimizer, and the CPU
+time per decoding step not spent in tensor operations: Python and dispatch).  Timing is paired: every round runs every method on the same batches
 in one process, and the figures are medians over rounds (and the median of the
 per-round ratios).  Peak memory is measured in a fresh subprocess per method: the
 rise of the peak resident set size over the resident size before the first update.
@@ -30,7 +34,25 @@ sys.path.insert(0, ROOT)
 METHODS = ["nll"] + [f"bso{k}" for k in range(2, 7)]
 
 
-def build(data, method, pretrain_state=None):
+DEMO_CORPUS = os.path.join(ROOT, "runs", "benchmarks", "demo_corpus")
+
+
+def model_setup(name):
+    """(binarized data, model options, batch size) of ``--model``."""
+    if name == "demo":
+        sys.path.insert(0, os.path.join(ROOT, "examples", "word_ordering"))
+        import demo
+        from fairseq_bso.prep import prepare_word_order
+        bin_dir = os.path.join(DEMO_CORPUS, "bin")
+        if not os.path.exists(os.path.join(bin_dir, "test.src-tgt.tgt.idx")):
+            data = os.path.join(ROOT, "examples", "word_ordering", "data")
+            prepare_word_order(*(os.path.join(data, f"kjv.{s}.txt.gz") for s in ("train", "valid", "test")),
+                               DEMO_CORPUS)
+        return bin_dir, [a for a in demo.MODEL], 64
+    return deen_bin(4000), ["--arch", "lstm_wiseman_iwslt_de_en"], 128
+
+
+def build(data, method, pretrain_state=None, model_args=("--arch", "lstm_wiseman_iwslt_de_en")):
     from fairseq import options, tasks
     from fairseq.dataclass.utils import convert_namespace_to_omegaconf
     import fairseq_bso  # noqa: F401
@@ -39,7 +61,7 @@ def build(data, method, pretrain_state=None):
         ["--criterion", "bso", "--bso-beam-size", method[3:], "--bso-curriculum-start", method[3:]]
     parser = options.get_training_parser()
     args = options.parse_args_and_arch(parser, [data, "--user-dir", os.path.join(ROOT, "fairseq_bso"),
-                                                "--arch", "lstm_wiseman_iwslt_de_en", "--cpu", *criterion])
+                                                *model_args, "--cpu", *criterion])
     cfg = convert_namespace_to_omegaconf(args)
     task = tasks.setup_task(cfg.task)
     model = task.build_model(cfg.model)
@@ -70,9 +92,9 @@ def update(model, criterion, optimizer, sample):
     optimizer.step()
 
 
-def pretrain(data, updates, batch_size):
+def pretrain(data, updates, batch_size, model_args):
     """A model trained briefly with NLL, so that BSO sees realistic violation counts."""
-    task, model, criterion = build(data, "nll")
+    task, model, criterion = build(data, "nll", model_args=model_args)
     optimizer = torch.optim.Adam(model.parameters(), lr=0.002)
     for i, sample in enumerate(batches(task, updates, batch_size, seed=2)):
         update(model, criterion, optimizer, sample)
@@ -86,7 +108,7 @@ def rss_bytes():
 
 def memory_probe(args):
     state = torch.load(args.state, weights_only=True)
-    task, model, criterion = build(args.data, args.memory_probe, state)
+    task, model, criterion = build(args.data, args.memory_probe, state, model_setup(args.model)[1])
     samples = batches(task, args.batches, args.batch_size)
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-4)
     update(model, criterion, optimizer, samples[0])  # optimizer state allocated, allocator warm
@@ -119,6 +141,13 @@ def main():
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--pretrain-updates", type=int, default=150)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--conditions", default="not stated",
+                        help="what else ran on the machine during the timing (recorded in the results file)")
+    parser.add_argument("--model", choices=["wiseman", "demo"], default="wiseman",
+                        help="wiseman: lstm_wiseman_iwslt_de_en on l10n-de-en (the default); demo: the demo's model "
+                             "on the demo's embedded corpus (results in bso_speed_demo.json)")
+    parser.add_argument("--profile", action="store_true", help="add a torch-profiler breakdown of a K=6 update")
+    parser.add_argument("--skip-memory", action="store_true", help="timing only")
     parser.add_argument("--memory-only", action="store_true",
                         help="rerun only the memory probes and update bso_speed.json's memory figures")
     parser.add_argument("--memory-probe", choices=METHODS, help=argparse.SUPPRESS)
@@ -131,12 +160,15 @@ def main():
         return memory_probe(args)
 
     started = time.time()
-    data = deen_bin(4000)
+    data, model_args, batch_size = model_setup(args.model)
+    if args.model == "demo" and args.batch_size == 128:
+        args.batch_size = batch_size
+    name = "bso_speed" if args.model == "wiseman" else "bso_speed_demo"
     if args.memory_only:
         return memory_only(args, data, started)
     print(f"pretraining {args.pretrain_updates} NLL updates", flush=True)
-    state = pretrain(data, args.pretrain_updates, args.batch_size)
-    built = {m: build(data, m, state) for m in METHODS}
+    state = pretrain(data, args.pretrain_updates, args.batch_size, model_args)
+    built = {m: build(data, m, state, model_args) for m in METHODS}
     samples = batches(built["nll"][0], args.batches, args.batch_size)
     tokens = sum(s["ntokens"] for s in samples) / len(samples)
     print(f"{len(samples)} batches of {args.batch_size} sentences, {tokens:.0f} target tokens each", flush=True)
@@ -154,23 +186,78 @@ def main():
         if r > 0:
             print(f"round {r}: " + ", ".join(f"{m} {times[m][-1] * 1000:.0f} ms" for m in METHODS), flush=True)
 
+    profile = profile_update(built["bso6"], built["nll"], state, samples) if args.profile else None
     state_path = os.path.join(os.path.dirname(data), "bso_speed_state.pt")
     torch.save(state, state_path)
-    memory = probe_all(args, data, state_path)
+    memory = None if args.skip_memory else probe_all(args, data, state_path)
     nll = statistics.median(times["nll"])
     rows = {}
     for m in METHODS:
         ratios = [t / n for t, n in zip(times[m], times["nll"])]
         rows[m] = {"ms_per_update": round(statistics.median(times[m]) * 1000, 1),
-                   "time_ratio": round(statistics.median(ratios), 3)}
-        rows[m].update(memory_row(memory, m))
-    results = {"model": "lstm_wiseman_iwslt_de_en", "data": "l10n-de-en spm4k train",
+                   "time_ratio": round(statistics.median(ratios), 3),
+                   "time_ratio_per_round": [round(r, 3) for r in ratios]}
+        if memory is not None:
+            rows[m].update(memory_row(memory, m))
+    results = {"model": " ".join(model_args),
+               "data": "l10n-de-en spm4k train" if args.model == "wiseman" else "demo corpus (kjv, 12k) train",
                "batch_sentences": args.batch_size, "mean_target_tokens": round(tokens, 1),
                "rounds": args.rounds, "threads": args.threads, "nll_ms_per_update": round(nll * 1000, 1),
-               "time_ratio_k6": rows["bso6"]["time_ratio"], "mem_ratio_k6": rows["bso6"]["mem_ratio"],
-               "rows": rows}
+               "time_ratio_k6": rows["bso6"]["time_ratio"], "mem_ratio_k6": rows["bso6"].get("mem_ratio"),
+               "rows": rows, "conditions": args.conditions}
+    if profile is not None:
+        results["profile_k6"] = profile
     print(json.dumps(rows, indent=1))
-    write_results("bso_speed", results, started)
+    write_results(name, results, started)
+
+
+def profile_update(bso, nll, state, samples):
+    """ms per update in each region of a K=6 BSO update, under torch's profiler (which adds
+    its own cost per operation: the regions' shares are the point, not their sum)."""
+    from torch.profiler import ProfilerActivity, profile, record_function
+
+    def run(built, prefix):
+        task, model, criterion = built
+        model.load_state_dict(state)
+        optimizer = torch.optim.Adam(model.parameters(), lr=1e-4)
+        update(model, criterion, optimizer, samples[0])  # warm
+        with profile(activities=[ProfilerActivity.CPU]) as prof:
+            for sample in samples:
+                model.train()
+                optimizer.zero_grad()
+                with record_function(f"{prefix}.forward"):
+                    loss, sample_size, _ = criterion(model, sample)
+                with record_function(f"{prefix}.backward"):
+                    (loss / sample_size).backward()
+                with record_function(f"{prefix}.optimizer"):
+                    torch.nn.utils.clip_grad_norm_(model.parameters(), 5.0)
+                    optimizer.step()
+        return prof
+
+    out = {}
+    prof = run(nll, "nll")
+    for e in prof.key_averages():
+        if e.key.startswith("nll."):
+            out[e.key] = round(e.cpu_time_total / 1000 / len(samples), 1)
+    prof = run(bso, "bso")
+    steps = sum(s["target"].size(1) for s in samples) / len(samples)
+    regions = {}
+    for e in prof.key_averages():
+        if e.key.startswith("bso."):
+            regions[e.key] = round(e.cpu_time_total / 1000 / len(samples), 1)
+    # CPU time inside the search not spent in any operation it calls directly: Python and dispatch
+    own = [ev for ev in prof.events() if ev.name == "bso.search"]
+    unaccounted = sum(ev.cpu_time_total - sum(c.cpu_time_total for c in ev.cpu_children) for ev in own)
+    regions["bso.search.python_per_step_ms"] = round(unaccounted / 1000 / len(samples) / steps, 2)
+    regions["bso.search.bookkeeping_topk"] = round(
+        regions.get("bso.search", 0) - sum(regions.get(k, 0) for k in (
+            "bso.search.decoder", "bso.search.reorder", "bso.search.paths_and_delta", "bso.search.constraint_mask")), 1)
+    regions["bso.encoder_and_loss"] = round(
+        regions.get("bso.forward", 0) - regions.get("bso.search", 0) - regions.get("bso.rescore", 0), 1)
+    out.update(regions)
+    out["decoding_steps_per_update"] = steps
+    print(json.dumps(out, indent=1), flush=True)
+    return out
 
 
 def memory_row(memory, m):
@@ -200,7 +287,7 @@ def probe_all(args, data, state_path):
     for m in METHODS:
         out = subprocess.run([sys.executable, __file__, "--memory-probe", m, "--state", state_path, "--data", data,
                               "--batches", str(args.batches), "--batch-size", str(args.batch_size),
-                              "--threads", str(args.threads)],
+                              "--threads", str(args.threads), "--model", args.model],
                              stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, check=True).stdout
         memory[m] = json.loads(out.strip().splitlines()[-1])
         print(f"memory {m}: peak rise {memory[m]['peak_rise_bytes'] / 2**20:.1f} MiB", flush=True)

@@ -43,6 +43,7 @@ from typing import Callable, Optional
 
 import torch
 from torch import Tensor, nn
+from torch.profiler import record_function
 
 NEG_INF = float("-inf")
 
@@ -107,13 +108,6 @@ def upcast(x: Tensor) -> Tensor:
     return x.float() if x.dtype in (torch.float16, torch.bfloat16) else x
 
 
-def invalid_token_mask(vocab_size: int, special: tuple, device) -> Tensor:
-    """0 for candidate tokens, −inf for ``<pad>`` and ``<s>`` (never output)."""
-    mask = torch.zeros(vocab_size, device=device)
-    mask[list(special)] = NEG_INF
-    return mask
-
-
 @torch.no_grad()
 def bso_search(
     model,
@@ -174,7 +168,7 @@ def bso_search(
     violation = torch.zeros(B, T, dtype=torch.bool, device=device)
     reset = torch.zeros_like(violation)
     gold_scores = rival_scores = None
-    invalid = None
+    special = None
     V = None
 
     for t in range(T):
@@ -183,23 +177,36 @@ def bso_search(
             break
         # incremental decoders read the last token (and the prefix length): no history needed
         prev = prev_token.unsqueeze(1).expand(n_rows, t + 1)
-        logits = upcast(decoder(prev, encoder_out=enc, incremental_state=incremental_state)[0][:, -1, :])
-        if invalid is None:
+        with record_function("bso.search.decoder"):
+            logits = upcast(decoder(prev, encoder_out=enc, incremental_state=incremental_state)[0][:, -1, :])
+        if special is None:
             V = logits.size(1)
-            invalid = invalid_token_mask(V, (pad, bos), device).to(logits.dtype)
+            special = torch.tensor([pad, bos], device=device)
             gold_scores = torch.zeros(B, T, dtype=logits.dtype, device=device)
             rival_scores = torch.zeros_like(gold_scores)
             row_prefix_score = logits.new_zeros(n_rows)
         if cumulative:  # step 1 of the score: S(prefix + w) = S(prefix) + log p(w | prefix)
             logits = torch.log_softmax(logits, dim=-1) + row_prefix_score.unsqueeze(1)
-        row_scores = logits + invalid
+        row_scores = logits.index_fill_(1, special, NEG_INF)  # <pad> and <s> are never candidates
         if constraint is not None:
-            row_scores = row_scores + constraint.mask(state)
-        scores = row_scores.new_full((B * K, V), NEG_INF).index_copy_(0, row_slot, row_scores).view(B, K * V)
+            with record_function("bso.search.constraint_mask"):
+                row_scores = row_scores + constraint.mask(state)
 
-        top_scores, top_idx = scores.topk(K, dim=1)  # sorted, best first
+        # The top K of a sentence's K·V successors are the top K of its rows' own top k:
+        # no (B·K, V) score tensor.  top_idx is the flat index slot * V + token.
+        k = min(K, V)
+        row_top, row_token = row_scores.topk(k, dim=1)
+        slot_row = row_slot.new_full((B * K,), -1)  # slot -> computed row, -1 for a dead slot
+        slot_row[row_slot] = torch.arange(n_rows, device=device)
+        candidates = row_top.new_full((B * K, k), NEG_INF).index_copy_(0, row_slot, row_top).view(B, K * k)
+        candidate_idx = row_token.new_zeros((B * K, k)).index_copy_(
+            0, row_slot, row_token + (row_slot % K).unsqueeze(1) * V).view(B, K * k)
+        top_scores, top_pos = candidates.topk(K, dim=1)  # sorted, best first
+        top_idx = candidate_idx.gather(1, top_pos)
         gold_idx = gold_slot * V + target[:, t]
-        gold_score = scores.gather(1, gold_idx.unsqueeze(1)).squeeze(1)
+        gold_row = slot_row[sentence * K + gold_slot]
+        gold_score = row_scores[gold_row.clamp(min=0), target[:, t]]
+        gold_score = gold_score.masked_fill(gold_row < 0, NEG_INF)  # a sentence whose gold has ended
 
         # The rival: ŷ^(K) before the last step; the best incorrect item at the last step.
         final = t == last_step
@@ -238,20 +245,20 @@ def bso_search(
             prefix_score = torch.where(do_reset.unsqueeze(1), gold_score.unsqueeze(1), top_scores)
 
         # the live items of the next step and the row each one continues
-        slot_row = row_slot.new_full((B * K,), -1)
-        slot_row[row_slot] = torch.arange(n_rows, device=device)
         row_slot = live.view(-1).nonzero().view(-1)
         parent_row = slot_row[(sentence.unsqueeze(1) * K + next_slot).view(-1)[row_slot]]
         prev_token = next_token.view(-1)[row_slot]
         if cumulative:
             row_prefix_score = prefix_score.reshape(-1)[row_slot]
-        decoder.reorder_incremental_state_scripting(incremental_state, parent_row)
-        enc = model.encoder.reorder_encoder_out(enc, parent_row)
-        if constraint is not None:
-            state = constraint.step(constraint.reorder(state, parent_row), prev_token)
+        with record_function("bso.search.reorder"):
+            decoder.reorder_incremental_state_scripting(incremental_state, parent_row)
+            enc = model.encoder.reorder_encoder_out(enc, parent_row)
+            if constraint is not None:
+                state = constraint.step(constraint.reorder(state, parent_row), prev_token)
 
-    violating_tokens = violating_paths(violation, rival_item, seg_start, back_slot, back_token, target, V)
-    delta = segment_costs(violation, reset, violating_tokens, target, cost)
+    with record_function("bso.search.paths_and_delta"):
+        violating_tokens = violating_paths(violation, rival_item, seg_start, back_slot, back_token, target, V)
+        delta = segment_costs(violation, reset, violating_tokens, target, cost)
     return SearchResult(violation, reset, delta, violating_tokens, gold_scores, rival_scores, K, seg_start, score)
 
 

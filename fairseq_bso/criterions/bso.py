@@ -20,6 +20,7 @@ import math
 from dataclasses import dataclass, field
 
 from fairseq.logging import metrics
+from torch.profiler import record_function
 from fairseq.criterions import FairseqCriterion, register_criterion
 from fairseq.dataclass import ChoiceEnum, FairseqDataclass
 from fairseq.models import FairseqIncrementalDecoder
@@ -140,11 +141,13 @@ class BSOCriterion(FairseqCriterion):
         constraint = getattr(self.task, "training_constraint", None)
         with deterministic_decoder(model.decoder):
             # Algorithm 1's search, without autograd
-            result = bso_search(model, encoder_out, target, self.beam_size, self.pad, self.eos, self.bos,
-                                self.cost, MARGIN, constraint=constraint, src_tokens=net_input["src_tokens"],
-                                score=self.score, gold_kth=self.gold_kth)
+            with record_function("bso.search"):
+                result = bso_search(model, encoder_out, target, self.beam_size, self.pad, self.eos, self.bos,
+                                    self.cost, MARGIN, constraint=constraint, src_tokens=net_input["src_tokens"],
+                                    score=self.score, gold_kth=self.gold_kth)
             # the gold and violating paths under autograd
-            scored = rescore(model, encoder_out, target, result, self.pad, self.eos, nll=self.nll_weight > 0)
+            with record_function("bso.rescore"):
+                scored = rescore(model, encoder_out, target, result, self.pad, self.eos, nll=self.nll_weight > 0)
         margin_loss = bso_loss(scored.gold, scored.violating, result, MARGIN)
         loss = margin_loss
         nll = None
