@@ -18,10 +18,31 @@ import torch
 FAIRSEQ_CHECKPOINT_TYPES = (argparse.Namespace,)
 
 
+def numpy_array_globals() -> list:
+    """``--eval-bleu`` keeps its BLEU n-gram counts as numpy arrays in the checkpoint's saved
+    metrics (``extra_state["metrics"]``), pickled as ``numpy._core.multiarray._reconstruct``,
+    ``numpy.ndarray`` and ``numpy.dtype``: the globals torch's documentation names for numpy
+    arrays, with the dtype classes of numpy's numeric types (never the object dtype, whose
+    array would hold pickled Python objects).  numpy 1.x names the module ``numpy.core``;
+    a checkpoint names whichever numpy wrote it, so both names are allowed (torch matches
+    globals by name)."""
+    import numpy as np
+
+    reconstruct = np.ndarray.__reduce__(np.zeros(1))[0]  # numpy's _reconstruct, under either name
+    names = {f"{mod}.multiarray._reconstruct" for mod in ("numpy.core", "numpy._core")}
+    numeric = "bool int8 int16 int32 int64 uint8 uint16 uint32 uint64 float16 float32 float64".split()
+    dtype_classes = {type(np.dtype(name)) for name in numeric} - {np.dtype}
+    return [np.ndarray, np.dtype, *sorted(dtype_classes, key=str), *[(reconstruct, n) for n in sorted(names)]]
+
+
 def allow_fairseq_checkpoint_types() -> None:
     add = getattr(torch.serialization, "add_safe_globals", None)
     if add is not None:  # torch < 2.4 has no allow-list (and loads unrestricted by default)
         add(list(FAIRSEQ_CHECKPOINT_TYPES))
+        try:
+            add(numpy_array_globals())
+        except (TypeError, AttributeError):  # torch < 2.5: no (callable, name) entries
+            pass
 
 
 def broadcast_types() -> list:

@@ -160,3 +160,27 @@ def test_curriculum_beam_sizes():
     from fairseq_bso.criterions.bso import curriculum_beam_size
     assert [curriculum_beam_size(e, 2, 2, 6) for e in range(1, 13)] == [2, 2, 3, 3, 4, 4, 5, 5, 6, 6, 6, 6]
     assert [curriculum_beam_size(e, 6, 2, 6) for e in range(1, 4)] == [6, 6, 6]
+
+
+def test_eval_bleu_decodes_as_generate_and_selects_the_checkpoint(word_order_bin, nll_checkpoint, tmp_path):
+    """``--eval-bleu`` under the task validates with the decoding fairseq-generate uses with the same
+    options (raw scores, the constraint, the beam): the valid BLEU in the training log equals sacrebleu
+    on fairseq-generate's valid output.  The best checkpoint (bleu, maximized; it stores the BLEU counts
+    as numpy arrays) loads in fairseq-generate."""
+    from fairseq_bso.evaluation import corpus_bleu, parse_hypotheses
+    save = str(tmp_path / "bso")
+    decoding = [*TASK, "--constraint", "word_order", "--bso-decoding"]
+    proc = harness.train(word_order_bin, save, criterion=BSO, max_epoch=2,
+                         extra=["--finetune-from-model", nll_checkpoint, *decoding, "--eval-bleu",
+                                "--eval-tokenized-bleu", "--eval-bleu-args", '{"beam": 3, "max_len_a": 1, "max_len_b": 5}',
+                                "--best-checkpoint-metric", "bleu", "--maximize-best-checkpoint-metric"])
+    logged = [float(b) for b in re.findall(r"\| valid \| epoch \d+ \|.*?\| bleu ([\d.]+)", proc.stdout)]
+    assert len(logged) == 2, proc.stdout[-2000:]
+    out = harness.generate(word_order_bin, os.path.join(save, "checkpoint_last.pt"), beam=3, subset="valid",
+                           extra=[*decoding, "--max-len-a", "1", "--max-len-b", "5"]).stdout
+    refs = dict(re.findall(r"^T-(\d+)\t(.*)$", out, re.M))
+    references = [refs[str(i)] for i in range(len(refs))]
+    ours = corpus_bleu(parse_hypotheses(out, len(references)), references, tokenized=True)
+    assert round(ours, 2) == logged[-1], f"fairseq-generate valid BLEU {ours:.2f} vs --eval-bleu {logged[-1]}"
+    best = harness.generate(word_order_bin, os.path.join(save, "checkpoint_best.pt"), beam=3, extra=decoding)
+    assert len(re.findall(r"^H-", best.stdout, re.M)) == 20
