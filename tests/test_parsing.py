@@ -1,5 +1,7 @@
 """Arc-standard parsing: oracle round trip, constraint masks against brute force, constrained generation."""
 
+import contextlib
+import io
 import itertools
 import random
 import re
@@ -9,7 +11,8 @@ from fairseq.data import Dictionary
 
 import harness
 from fairseq_bso.constraints import ArcStandardConstraint
-from fairseq_bso.parsing import Tree, actions_to_tree, is_reduce, oracle, read_conll
+from fairseq_bso import parsing
+from fairseq_bso.parsing import Tree, actions_to_tree, is_reduce, oracle, projectivize, read_conll
 
 CONLLU = """# sent_id = 1
 # text = The cat sat on the mat.
@@ -155,7 +158,8 @@ def test_constrained_generation_outputs_well_formed_trees(tmp_path):
             assert actions_to_tree(words, hyp.split())[2], (srcs[sid], hyp)
     (tmp_path / "gen.txt").write_text(out)
     proc = harness.run(["fairseq-bso-parsing", "evaluate", str(tmp_path / "test.conllu"), str(tmp_path / "gen.txt")])
-    assert re.search(r"UAS [\d.]+ LAS [\d.]+ \(15 of 15 outputs well-formed", proc.stdout)
+    assert re.search(r"UAS [\d.]+ LAS [\d.]+ \(\d+ tokens scored, .*; 15 sentences, 0 with a non-projective "
+                     r"gold tree; 15 of 15 outputs well-formed", proc.stdout), proc.stdout
 
 
 def test_bad_conll_names_file_and_line(tmp_path):
@@ -174,3 +178,141 @@ def test_non_projective_trees_are_skipped_and_counted(tmp_path):
     assert all(len(t.split()) == 2 * len(s.split()) - 1 for s, t in
                zip((tmp_path / "out.src").read_text().splitlines(), (tmp_path / "out.tgt").read_text().splitlines()))
     assert not any(is_reduce(w) for w in (tmp_path / "out.src").read_text().split())
+
+
+def test_to_actions_lift_keeps_every_tree(tmp_path):
+    """--non-projective lift: the crossing arc B<-D is lifted to B<-C, so the third tree is kept too."""
+    path = tmp_path / "t.conllu"
+    path.write_text(CONLLU)
+    proc = harness.run(["fairseq-bso-parsing", "to-actions", str(path), str(tmp_path / "out"),
+                        "--non-projective", "lift"])
+    assert "3 trees converted, 1 non-projective (or multi-root) trees lifted to projective trees" in proc.stdout
+    assert (tmp_path / "out.src").read_text().splitlines()[2] == "A B C D"
+    assert (tmp_path / "out.tgt").read_text().splitlines()[2] == "A B C @L_dep @L_dep D @R_dep"
+
+
+def test_projectivize_lifts_crossing_arcs_and_extra_roots():
+    assert projectivize(Tree(list("ABCD"), [3, 4, 0, 3], ["dep"] * 4)).heads == [3, 3, 0, 3]
+    assert projectivize(Tree(list("ABC"), [0, 1, 0], ["root", "x", "root"])).heads == [0, 1, 1]
+    assert projectivize(Tree(list("AB"), [2, 1], ["x", "y"])) is None  # a cycle
+    rng = random.Random(2)
+    for _ in range(500):  # random trees, projective or not: the result is projective, projective trees unchanged
+        n = rng.randint(1, 8)
+        order = rng.sample(range(1, n + 1), n)
+        heads = [0] * n
+        for i, w in enumerate(order[1:], 1):
+            heads[w - 1] = rng.choice(order[:i])
+        tree = Tree([f"w{i}" for i in range(n)], heads, ["a"] * n)
+        lifted = projectivize(tree)
+        assert oracle(lifted) is not None, heads
+        if oracle(tree) is not None:
+            assert lifted.heads == heads
+
+
+# Hand-scored evaluation. Sentence 0: the model attaches "The" to "sat" (gold: "cat") and labels "cat"
+# obj (gold nsubj); "." is punctuation. Sentence 1 is non-projective (A->C crosses B->D); the model's
+# projective tree has A->B and B->C wrong, C (root) and D right.
+GOLD = """# sent_id = s0
+1	The	the	DET	DT	_	2	det	_	_
+2	cat	cat	NOUN	NN	_	3	nsubj	_	_
+3	sat	sit	VERB	VBD	_	0	root	_	_
+4	.	.	PUNCT	.	_	3	punct	_	_
+
+# sent_id = s1
+1	A	a	X	_	_	3	dep	_	_
+2	B	b	X	_	_	4	dep	_	_
+3	C	c	X	_	_	0	root	_	_
+4	D	d	X	_	_	3	dep	_	_
+"""
+# fairseq-generate output, batches in length order as fairseq prints them
+OUTPUT = """S-1	A B C D
+T-1	A B C @L_dep @L_dep D @R_dep
+H-1	-0.41	A B @L_dep C @L_dep D @R_dep
+D-1	-0.41	A B @L_dep C @L_dep D @R_dep
+P-1	-0.1 -0.1 -0.1 -0.1 -0.1 -0.1 -0.1 -0.1
+S-0	{s0}
+T-0	The cat @L_det sat @L_nsubj . @R_punct
+H-0	-0.52	{h0} sat @L_obj @L_det . @R_punct
+D-0	-0.52	{h0} sat @L_obj @L_det . @R_punct
+P-0	-0.1 -0.1 -0.1 -0.1 -0.1 -0.1 -0.1 -0.1
+Generate test with beam=5: BLEU4 = 10.00
+"""
+
+
+def evaluate(tmp_path, gold, output, *extra, check=True):
+    """``fairseq-bso-parsing evaluate`` in process (its main); stdout and stderr together."""
+    (tmp_path / "gold.conllu").write_text(gold)
+    (tmp_path / "gen.txt").write_text(output)
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(out):
+        code = parsing.main(["evaluate", str(tmp_path / "gold.conllu"), str(tmp_path / "gen.txt"), *extra])
+    assert code == 0 or not check, f"evaluate exited {code}: {out.getvalue()}"
+    return out.getvalue()
+
+
+def scores(stdout):
+    m = re.search(r"UAS ([\d.]+) LAS ([\d.]+) \((\d+) tokens scored", stdout)
+    assert m, stdout
+    return float(m.group(1)), float(m.group(2)), int(m.group(3))
+
+
+def test_evaluate_scores_every_sentence_without_punctuation(tmp_path):
+    """UAS: cat, sat, C, D of 7 non-punctuation tokens = 4/7; LAS: sat, C, D = 3/7.
+    (The old protocol, projective trees with punctuation, gave 75.00 / 50.00.)"""
+    out = evaluate(tmp_path, GOLD, OUTPUT.format(s0="The cat sat .", h0="The cat"))
+    assert scores(out) == (57.14, 42.86, 7), out
+    assert ("punctuation (UPOS PUNCT) excluded: 1 tokens; 2 sentences, 1 with a non-projective gold tree; "
+            "2 of 2 outputs well-formed; root label 'root'") in out, out
+
+
+def test_evaluate_punct_includes_punctuation(tmp_path):
+    """With "." (right): UAS 5/8, LAS 4/8."""
+    out = evaluate(tmp_path, GOLD, OUTPUT.format(s0="The cat sat .", h0="The cat"), "--punct")
+    assert scores(out) == (62.5, 50.0, 8), out
+    assert "punctuation included" in out, out
+
+
+def test_shifted_unk_is_well_formed_where_the_source_word_is_unknown(tmp_path):
+    """fairseq prints an out-of-vocabulary source word as <unk> (S- line) and the constraint makes the model
+    shift that <unk>: a well-formed parse. Shifting <unk> for a word the model knows is not."""
+    out = evaluate(tmp_path, GOLD, OUTPUT.format(s0="The <unk> sat .", h0="The <unk>"))
+    assert "2 of 2 outputs well-formed" in out and scores(out) == (57.14, 42.86, 7), out
+    out = evaluate(tmp_path, GOLD, OUTPUT.format(s0="The cat sat .", h0="The <unk>"))
+    assert "1 of 2 outputs well-formed" in out and scores(out) == (57.14, 42.86, 7), out
+
+
+CONLLX = """1	Dogs	_	NNS	NNS	_	2	nsubj	_	_
+2	bark	_	VBP	VBP	_	0	ROOT	_	_
+3	loudly	_	RB	RB	_	2	advmod	_	_
+4	.	_	.	.	_	2	punct	_	_
+
+1	``	_	``	``	_	2	punct	_	_
+2	Yes	_	UH	UH	_	0	ROOT	_	_
+3	''	_	''	''	_	2	punct	_	_
+"""
+CONLLX_OUTPUT = """S-0	Dogs bark loudly .
+H-0	-0.3	Dogs bark @L_nsubj loudly @R_dep . @R_punct
+S-1	`` Yes ''
+H-1	-0.2	`` Yes @L_punct '' @R_punct
+"""
+
+
+def test_conllx_punctuation_by_ptb_tags_and_root_label_from_the_data(tmp_path):
+    """CoNLL-X (PTB tags in column 4): `` '' . are punctuation by their PTB tag; the root label is the file's
+    ROOT. Scored: Dogs, bark, loudly, Yes, all heads right (UAS 4/4); loudly's label wrong (LAS 3/4; with the
+    root label hard-coded as 'root' it would be 1/4). With --punct: UAS 7/7, LAS 6/7."""
+    out = evaluate(tmp_path, CONLLX, CONLLX_OUTPUT)
+    assert scores(out) == (100.0, 75.0, 4), out
+    assert "punctuation (PTB tags `` '' , . :) excluded: 3 tokens" in out and "root label 'ROOT'" in out, out
+    assert scores(evaluate(tmp_path, CONLLX, CONLLX_OUTPUT, "--punct")) == (100.0, 85.71, 7)
+
+
+def test_evaluate_refuses_output_of_other_sentences(tmp_path):
+    """Output of a test set converted without the non-projective sentence, or in another order: an error."""
+    only_projective = "S-0\tThe cat sat .\nH-0\t-0.5\tThe cat @L_det sat @L_nsubj . @R_punct\n"
+    out = evaluate(tmp_path, GOLD, only_projective, check=False)
+    assert "holds 1 sentences, the gold file 2" in out and "--non-projective lift" in out, out
+    swapped = OUTPUT.format(s0="The cat sat .", h0="The cat").replace("S-1", "S-X").replace("S-0", "S-1")
+    swapped = swapped.replace("S-X", "S-0")
+    out = evaluate(tmp_path, GOLD, swapped, check=False)
+    assert "sentence 0 is 'A B C D' but gold sentence 0 (line 2) is 'The cat sat .'" in out, out
