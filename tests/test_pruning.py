@@ -229,8 +229,9 @@ def test_dense_checkpoint_restored_past_prune_start_is_pruned_to_the_target(word
     out = harness.train(word_order_bin, save, extra=[*ONE_SHOT, "--restore-file", nll_checkpoint], max_epoch=3).stdout
     assert "Loaded checkpoint" in out and "@ 26 updates)" in out, out[-2000:]
     assert (f"pruning: this run starts at update 26, past --prune-start-update 0, but the selected weights are only "
-            f"{dense_zeros / total:.2%} sparse ({dense_zeros:,} exact zeros of {total:,}) where --prune-ratio 0.6 --prune-schedule one-shot has them "
-            f"60.00% sparse by now; pruning to 60.00% at this update") in out, out[-3000:]
+            f"{dense_zeros / total:.2%} sparse ({dense_zeros:,} exact zeros of {total:,}) where --prune-ratio 0.6 "
+            f"--prune-schedule one-shot has them 60.00% sparse by now; pruning to 60.00% at this update") in out, \
+        out[-3000:]
     assert "pruned to 60.00% (class-blind) at update 26" in out
     zeros, total = sparsity(f"{save}/checkpoint_last.pt")  # after 13 more updates: the masks held
     assert zeros == math.floor(0.6 * total), f"{zeros} of {total} weights are zero ({zeros / total:.2%}), not 60%"
