@@ -344,7 +344,8 @@ class Rescored:
 
 def rescore(model, encoder_out, target: Tensor, result: SearchResult, pad: int, eos: int,
             nll: bool = False) -> Rescored:
-    """The gold path and the violating path, re-scored under autograd (2·B rows).
+    """The gold path and the violating path, re-scored under autograd (2 rows per sentence
+    with a violation, up to the batch's last violation step).
 
     The violating row follows ``result.violating_tokens`` and, after each reset,
     continues from the gold row's state and the gold token.  With ``result.score ==
@@ -353,25 +354,37 @@ def rescore(model, encoder_out, target: Tensor, result: SearchResult, pad: int, 
     also returns the gold path's log-probabilities at every step (the NLL term).
     """
     decoder = model.decoder
-    B, T = target.shape
+    B_all, T = target.shape
     device = target.device
-    both = torch.arange(B, device=device).repeat(2)
-    enc = model.encoder.reorder_encoder_out(encoder_out, both)
-    scored = torch.cat([target, result.violating_tokens], 0)  # the token each row scores at t
+    # Only sentences with a violation carry margin terms: the others are not re-scored (all are
+    # with the NLL term).  With no violation at all, one sentence for one step keeps the loss on
+    # the graph (fairseq calls backward on it).
+    if nll:
+        keep = torch.arange(B_all, device=device)
+    else:
+        keep = result.violation.any(1).nonzero().view(-1)
+        if keep.numel() == 0:
+            keep = keep.new_zeros(1)
+    target = target.index_select(0, keep)
+    violating_tokens = result.violating_tokens.index_select(0, keep)
+    reset = result.reset.index_select(0, keep)
+    violation = result.violation.index_select(0, keep)
+    B = keep.numel()
+    enc = model.encoder.reorder_encoder_out(encoder_out, keep.repeat(2))
+    scored = torch.cat([target, violating_tokens], 0)  # the token each row scores at t
     # inputs: </s> then the previous token; after a reset the violating row takes the gold token
-    prev_violating = torch.where(result.reset, target, result.violating_tokens)
+    prev_violating = torch.where(reset, target, violating_tokens)
     inputs = torch.cat([target.new_full((2 * B, 1), eos), torch.cat([target, prev_violating], 0)], 1)[:, :T]
     incremental_state: dict = {}
-    reset_steps = result.reset.any(0).nonzero().view(-1).tolist()
+    reset_steps = reset.any(0).nonzero().view(-1).tolist()
     reset_rows = {}
     for t in reset_steps:  # splice the violating row onto the gold row before step t + 1
         order = torch.arange(2 * B, device=device)
-        idx = result.reset[:, t].nonzero().view(-1)
+        idx = reset[:, t].nonzero().view(-1)
         order[B + idx] = idx
         reset_rows[t + 1] = order
     # steps after the last violation of every sentence carry no margin loss
-    # (at least one step, so that the loss stays attached to the graph when nothing is violated)
-    needed = int(result.violation.nonzero()[:, 1].max().item()) + 1 if result.violation.any() else 1
+    needed = int(violation.nonzero()[:, 1].max().item()) + 1 if violation.any() else 1
     if nll:
         needed = T
     cumulative = result.score == "log_softmax"
@@ -393,7 +406,10 @@ def rescore(model, encoder_out, target: Tensor, result: SearchResult, pad: int, 
                 gold_lprobs.append(lprobs.gather(1, target[:, t : t + 1]).squeeze(1))
     f = upcast(torch.stack(scores, 1))
     f = torch.cat([f, f.new_zeros(2 * B, T - needed)], 1)
-    return Rescored(f[:B], f[B:], torch.stack(gold_lprobs, 1) if nll else None)
+    if B == B_all:  # every sentence (in order)
+        return Rescored(f[:B], f[B:], torch.stack(gold_lprobs, 1) if nll else None)
+    full = f.new_zeros(B_all, T)
+    return Rescored(full.index_copy(0, keep, f[:B]), full.index_copy(0, keep, f[B:]), None)
 
 
 def segment_sums(step_scores: Tensor, segment_start: Tensor) -> Tensor:
