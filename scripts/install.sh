@@ -19,12 +19,18 @@ if "$PY" -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else 1)'; the
 else
   FAIRSEQ_SPEC="fairseq==0.12.2"
 fi
+# numpy < 2: fairseq's language-modeling datasets use np.compat, removed in numpy 2 (setup.cfg pins it too);
+# Python >= 3.13 has no numpy 1.x wheels (see docs/bad_inputs.md, Known limitations)
+NUMPY_SPEC="numpy<2"
+if ! "$PY" -c 'import sys; sys.exit(0 if sys.version_info < (3, 13) else 1)'; then
+  NUMPY_SPEC="numpy"
+fi
 if ! "$PY" -c 'import fairseq' 2>/dev/null; then
   echo "[install] $FAIRSEQ_SPEC (builds C++ extensions on first install: about 5 minutes)"
-  pip_install "setuptools>=61" wheel cython numpy
+  pip_install "setuptools>=61" wheel cython "$NUMPY_SPEC"
   pip_install --no-build-isolation "$FAIRSEQ_SPEC" "$TORCH_SPEC"
 fi
 extra=""
 if [ "${1:-}" = "test" ]; then extra="[test]"; fi
 echo "[install] fairseq-bso$extra (editable)"
-pip_install "$TORCH_SPEC" -e ".$extra"
+pip_install "$TORCH_SPEC" "$NUMPY_SPEC" -e ".$extra"

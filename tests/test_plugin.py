@@ -3,6 +3,9 @@
 import os
 import re
 import subprocess
+import sys
+
+import pytest
 
 import harness
 
@@ -45,3 +48,16 @@ def test_import_registers_and_allow_lists():
                         "import argparse, torch, fairseq_bso;"
                         "print(argparse.Namespace in torch.serialization.get_safe_globals())"])
     assert proc.stdout.strip().endswith("True")
+
+
+@pytest.mark.skipif(sys.version_info >= (3, 13), reason="no numpy 1.x for Python >= 3.13 (docs/bad_inputs.md)")
+def test_installed_numpy_runs_fairseqs_language_modeling_datasets():
+    """The install pins numpy < 2: fairseq's TokenBlockDataset (language modeling) uses np.compat.long."""
+    import numpy as np
+    import torch
+    from fairseq.data import TokenBlockDataset
+
+    blocks = TokenBlockDataset([torch.tensor([4, 5, 6, 2]), torch.tensor([7, 8, 2])], sizes=np.array([4, 3]),
+                               block_size=None, pad=1, eos=2, break_mode="eos")
+    assert int(np.__version__.split(".")[0]) < 2
+    assert [blocks[i].tolist() for i in range(len(blocks))] == [[4, 5, 6, 2], [7, 8, 2]]
