@@ -65,3 +65,20 @@ def test_left_out_sentences_become_one_more_batch_in_fairseqs_order():
     batches = with_left_out([np.array([5, 3]), np.array([9, 0])], indices)
     assert [b.tolist() for b in batches] == [[5, 3], [9, 0], [7, 1]]
     assert [b.tolist() for b in with_left_out(batches, indices)] == [[5, 3], [9, 0], [7, 1]]  # nothing to add
+
+
+def test_batches_rebuilt_every_epoch_keep_every_sentence_too(uneven_bin):
+    """With rebuild_batches fairseq makes each epoch's batches later, outside get_batch_iterator."""
+    from fairseq_bso.tasks.constrained_beam_training import ConstrainedBeamTrainingConfig, ConstrainedBeamTrainingTask
+
+    cfg = ConstrainedBeamTrainingConfig(data=uneven_bin, source_lang="src", target_lang="tgt", dataset_impl=None,
+                                        required_seq_len_multiple=1, train_subset="train")
+    cfg.rebuild_batches = True
+    task = ConstrainedBeamTrainingTask.setup_task(cfg)
+    task.load_dataset("train")
+    iterator = task.get_batch_iterator(dataset=task.dataset("train"), max_sentences=64, seed=1,
+                                       required_batch_size_multiple=8)
+    assert callable(iterator.batch_sampler)
+    for epoch in (1, 2):
+        ids = [i for sample in iterator.next_epoch_itr(shuffle=True) for i in sample["id"].tolist()]
+        assert sorted(ids) == list(range(203)), f"epoch {epoch}: {len(set(ids))} of 203 sentences"
