@@ -29,7 +29,7 @@ STUDENT=${STUDENT:-"--arch lstm --encoder-bidirectional --encoder-embed-dim 128 
 
 fail() { echo "$(basename "$0"): error: $*" >&2; exit 2; }
 
-run() { echo "+ $*"; "$@"; }
+run() { echo "+ $*" >&2; "$@"; }   # print each command (to stderr: outputs may be redirected)
 
 # Text -> joint sentencepiece model (training side only) -> encoded and binarized into RUNS/bin.
 # Skipped when RUNS/bin is complete (delete RUNS to start over with other data or VOCAB).
@@ -53,7 +53,8 @@ and set IWSLT to the iwslt14.tokenized.de-en folder it writes (now: $IWSLT), or 
 # The best hypothesis per sentence in sentence order, from fairseq-generate output:
 # hypotheses FILE H|D (H: as the model writes them; D: after --post-process).
 hypotheses() {
-  grep "^$2-" "$1" | cut -c3- | sort -t "$(printf '\t')" -k1,1n -s | awk -F '\t' '!seen[$1]++' | cut -f3-
+  { grep "^$2-" "$1" || true; } | cut -c3- | sort -t "$(printf '\t')" -k1,1n -s | awk -F '\t' '!seen[$1]++' |
+    cut -f3-
 }
 
 # translate NAME BEAM [fairseq-generate options...]: decode the test set of RUNS/bin and print the
@@ -68,5 +69,6 @@ translate() {
     --required-batch-size-multiple 1 --max-len-a 1.5 --max-len-b 10 \
     --post-process sentencepiece --scoring sacrebleu "$@" > "$gen"
   hypotheses "$gen" D > "$gen.detok"
+  [ -s "$gen.detok" ] || fail "no hypotheses (D- lines) in $gen"
   echo "$name, beam $beam: $(sacrebleu "$RUNS/test.$TGT" -i "$gen.detok" -m bleu -w 2 -f text)"
 }

@@ -2,7 +2,7 @@
 # Magnitude pruning (See, Luong and Manning, 2016) of the distillation recipe's Seq-KD student:
 # prune class-blind, retrain with the masks fixed, report sparsity, export for stock fairseq, score.
 #
-#   bash examples/pruning/run.sh     # runs examples/distillation/run.sh first if the student is missing
+#   bash examples/pruning/run.sh     # runs examples/distillation/run.sh (STUDENTS=seq_kd) first if the student is missing
 #
 # Same data settings as examples/translation/run.sh (IWSLT or TEXT, SRC, TGT, RUNS, VOCAB). Others
 # (environment): PRUNE_RATIO (0.8), PRUNE_SCHEME (class-blind), PRUNE_EPOCHS (2), MAX_TOKENS (4000),

@@ -34,5 +34,6 @@ run fairseq-generate "$BIN" --user-dir "$USER_DIR" --path "$RUNS/nll/checkpoint_
   --beam "$BEAM" --batch-size 100 --required-batch-size-multiple 1 --max-len-a 1 --max-len-b 5 \
   --scoring sacrebleu --sacrebleu-tokenizer none > "$gen"
 hypotheses "$gen" H > "$gen.hyp"
+[ -s "$gen.hyp" ] || fail "no hypotheses (H- lines) in $gen"
 # BLEU on the tokenized, lowercased text as it is (no sacrebleu tokenization), against RUNS/test.tgt
 echo "word ordering, beam $BEAM: $(sacrebleu "$RUNS/test.tgt" -i "$gen.hyp" -m bleu -tok none --force -w 2 -f text)"
