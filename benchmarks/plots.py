@@ -34,6 +34,33 @@ def bleu_vs_beam(plt, results, methods, title, out):
     print(f"wrote {out}")
 
 
+def learning_curves(plt, results, out):
+    """Valid BLEU per epoch of every row (its own decoding), the NLL baseline's curve before them."""
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    base = results.get("nll_baseline")
+    offset = 0
+    if base:
+        epochs, bleu = zip(*base["valid_curve"])
+        ax.plot(epochs, bleu, color="black", lw=1.2, label="NLL baseline (to convergence)")
+        offset = base["best_epoch"]
+        ax.axvline(offset, color="grey", lw=0.6, ls=":")
+    for name, row in results.items():
+        if not isinstance(row, dict) or "valid_curve" not in row or name == "nll_baseline":
+            continue
+        epochs, bleu = zip(*row["valid_curve"])
+        ax.plot([offset + e for e in epochs], bleu, marker=".", label=name)
+    ax.set_xlabel("epoch (rows continue from the NLL baseline's best epoch)")
+    ax.set_ylabel("valid BLEU, beam 5, own decoding")
+    ax.set_title("Learning curves")
+    lo = min(b for row in results.values() if isinstance(row, dict) and "valid_curve" in row
+             for _, b in row["valid_curve"])
+    ax.set_ylim(bottom=max(0, min(lo, 40) - 2))
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(os.path.join(RESULTS, out), dpi=120)
+    print(f"wrote {out}")
+
+
 def main():
     import matplotlib
     matplotlib.use("Agg")
@@ -56,6 +83,10 @@ def main():
         fig.tight_layout()
         fig.savefig(os.path.join(RESULTS, "pruning.png"), dpi=120)
         print("wrote pruning.png")
+    for name in ("bso_recipe", "demo_curves"):
+        rec = load(name)
+        if rec:
+            learning_curves(plt, rec, f"{name}.png")
     sp = load("bso_speed")
     if sp:
         rows = {k: v for k, v in sp["rows"].items() if k.startswith("bso")}

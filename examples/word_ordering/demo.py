@@ -8,19 +8,27 @@ fairseq_bso`` at test beams 1, 5 and 10, then prints a BLEU table (sacrebleu on
 the tokenized, lowercased text, ``tokenize='none'``) with three rows, as in the
 talk:
 
-* seq2seq: token NLL (``--criterion cross_entropy``), fairseq's standard beam;
-* BSO: the NLL model fine-tuned with ``--criterion bso`` (beam curriculum 2 → 6),
-  decoded with ``--bso-decoding`` (raw scores, a finished hypothesis scores f(</s>));
+* an NLL model (token NLL, ``--criterion cross_entropy``) trained ``--nll-epochs``;
+  then every row trains ``--extra-epochs`` more from it, keeps the checkpoint with the
+  best validation BLEU under its own decoding (``--eval-bleu``), and is tested with
+  that decoding:
+* seq2seq: token NLL continued, fairseq's standard beam;
+* BSO: ``--criterion bso`` with the recipe ``--bso-recipe`` (default: the one that won
+  the equal-budget ablation in ``benchmarks/results/bso_recipe.json``; ``paper`` is the
+  paper's raw-logit recipe, decoded with ``--bso-decoding``);
 * ConBSO: the same with ``--constraint word_order`` in training and decoding.
 
+The rows train two at a time (one thread each).
+
     python examples/word_ordering/demo.py                 # the README's main job
-    python examples/word_ordering/demo.py --workdir runs/wo --train ../shared/data/kjv/train.txt ...
+    python examples/word_ordering/demo.py --workdir runs/wo --train my_sentences.txt --valid ... --test ...
 
 Every stage is skipped when its output already exists, so a rerun resumes.
 """
 
 import argparse
 import json
+from concurrent.futures import ThreadPoolExecutor
 import os
 import subprocess
 import sys
@@ -47,16 +55,30 @@ COMMON = ["--cpu", "--seed", "1", "--num-workers", "0", "--required-batch-size-m
 
 STARTED = time.time()
 
+# BSO recipes: (training options, decoding options).  The beam curriculum 2 → 6 grows K by one
+# per epoch and ends at K_tr = 6 after 5 epochs.
+BSO = ["--criterion", "bso", "--bso-beam-size", "6", "--bso-curriculum-epochs", "1"]
+RECIPES = {
+    "paper": ([*BSO], ["--bso-decoding"]),
+    "log_softmax_nll": ([*BSO, "--bso-score", "log_softmax", "--bso-nll-weight", "1"], []),
+}
+DEFAULT_RECIPE = "log_softmax_nll"
+# validation BLEU after every epoch under the row's own decoding; the best checkpoint is kept
+VALID_BLEU = ["--eval-bleu", "--eval-tokenized-bleu",
+              "--eval-bleu-args", json.dumps({"beam": 5, "max_len_a": 1, "max_len_b": 5}),
+              "--best-checkpoint-metric", "bleu", "--maximize-best-checkpoint-metric"]
+
 
 def log(msg: str) -> None:
     print(f"[{time.time() - STARTED:6.0f}s] {msg}", flush=True)
 
 
-def run(cmd, logfile, echo=lambda line: False):
+def run(cmd, logfile, echo=lambda line: False, threads=None):
     """Run a fairseq command, keep its full log, echo the progress lines."""
     log("+ " + " ".join(cmd))
+    env = None if threads is None else {**os.environ, "OMP_NUM_THREADS": str(threads)}
     with open(logfile, "w") as out:
-        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
         lines = []
         for line in proc.stdout:
             out.write(line)
@@ -73,9 +95,10 @@ def train_progress(line: str) -> bool:
     return "| train |" in line or "| valid |" in line or "| train_inner |" in line or "training beam size" in line
 
 
-def train(name, bin_dir, save_dir, epochs, args):
-    """fairseq-train, skipped when a finished run exists (a rerun resumes from checkpoint_last.pt)."""
-    ckpt = os.path.join(save_dir, "checkpoint_last.pt")
+def train(name, bin_dir, save_dir, epochs, args, best=False, threads=None):
+    """fairseq-train, skipped when a finished run exists (a rerun resumes from checkpoint_last.pt).
+    Returns checkpoint_last.pt, or checkpoint_best.pt with ``best``."""
+    ckpt = os.path.join(save_dir, "checkpoint_best.pt" if best else "checkpoint_last.pt")
     if os.path.exists(os.path.join(save_dir, "done")):
         log(f"{name} model exists: {ckpt}")
         return ckpt
@@ -83,18 +106,18 @@ def train(name, bin_dir, save_dir, epochs, args):
          "--optimizer", "adam", "--clip-norm", "5", "--batch-size", "64", "--max-epoch", str(epochs),
          "--save-dir", save_dir, "--no-epoch-checkpoints", "--log-format", "simple",
          "--log-interval", "50", "--no-progress-bar"],
-        save_dir + ".log", train_progress)
+        save_dir + ".log", train_progress, threads=threads)
     open(os.path.join(save_dir, "done"), "w").close()
     return ckpt
 
 
-def evaluate(args, bin_dir, ckpt, name, references, extra=()):
+def evaluate(args, bin_dir, ckpt, name, references, extra=(), threads=None):
     scores = {}
     for beam in args.beams:
         out = run(["fairseq-generate", bin_dir, "--user-dir", user_dir(), "--path", ckpt, *COMMON,
                    "--gen-subset", "test", "--beam", str(beam), "--nbest", "1",
                    "--batch-size", "100", "--max-len-a", "1", "--max-len-b", "5", *extra],
-                  os.path.join(args.workdir, f"generate.{name}.beam{beam}.log"))
+                  os.path.join(args.workdir, f"generate.{name}.beam{beam}.log"), threads=threads)
         scores[str(beam)] = round(corpus_bleu(parse_hypotheses(out, len(references)), references, tokenized=True), 2)
         log(f"{name}: beam {beam}: BLEU {scores[str(beam)]}")
     return scores
@@ -108,15 +131,16 @@ def main():
     parser.add_argument("--valid", default=os.path.join(data, "kjv.valid.txt.gz"))
     parser.add_argument("--test", default=os.path.join(data, "kjv.test.txt.gz"))
     parser.add_argument("--nll-epochs", type=int, default=8)
-    parser.add_argument("--bso-epochs", type=int, default=3,
-                        help="BSO fine-tuning epochs, one per beam size, ending at K = 6 (3 epochs: K = 4, 5, 6)")
-    parser.add_argument("--bso-lr", type=float, default=0.0005)
+    parser.add_argument("--extra-epochs", type=int, default=3,
+                        help="epochs every row trains after the NLL model (seq2seq: NLL; BSO, ConBSO: fine-tuning)")
+    parser.add_argument("--lr", type=float, default=0.0005, help="learning rate of the extra epochs (Adam)")
+    parser.add_argument("--bso-recipe", choices=sorted(RECIPES), default=DEFAULT_RECIPE)
     parser.add_argument("--methods", nargs="+", default=["seq2seq", "bso", "conbso"],
                         choices=["seq2seq", "bso", "conbso"])
     parser.add_argument("--beams", type=int, nargs="+", default=[1, 5, 10])
     args = parser.parse_args()
-    if args.nll_epochs < 1 or args.bso_epochs < 1:
-        parser.error("--nll-epochs and --bso-epochs must be >= 1")
+    if args.nll_epochs < 1 or args.extra_epochs < 1:
+        parser.error("--nll-epochs and --extra-epochs must be >= 1")
     os.makedirs(args.workdir, exist_ok=True)
 
     corpus = os.path.join(args.workdir, "corpus")
@@ -126,22 +150,29 @@ def main():
         prepare_word_order(args.train, args.valid, args.test, corpus)
     references = read_lines(os.path.join(corpus, "test.tgt"))
 
-    results = {}
-    log(f"training seq2seq with token NLL ({args.nll_epochs} epochs)")
-    nll = train("seq2seq", bin_dir, os.path.join(args.workdir, "nll"), args.nll_epochs,
+    log(f"training the NLL model ({args.nll_epochs} epochs)")
+    nll = train("nll", bin_dir, os.path.join(args.workdir, "nll"), args.nll_epochs,
                 ["--criterion", "cross_entropy", "--lr", "0.002"])
-    if "seq2seq" in args.methods:
-        results["seq2seq"] = evaluate(args, bin_dir, nll, "seq2seq", references)
-    for name, constraint in (("bso", "none"), ("conbso", "word_order")):
-        if name not in args.methods:
-            continue
-        task = ["--task", "constrained_beam_training", "--constraint", constraint]
-        log(f"fine-tuning {name} from the NLL model ({args.bso_epochs} epochs, constraint {constraint})")
-        ckpt = train(name, bin_dir, os.path.join(args.workdir, name), args.bso_epochs,
-                     [*task, "--criterion", "bso", "--bso-beam-size", "6",
-                      "--bso-curriculum-start", str(max(2, 7 - args.bso_epochs)),
-                      "--bso-curriculum-epochs", "1", "--lr", str(args.bso_lr), "--finetune-from-model", nll])
-        results[name] = evaluate(args, bin_dir, ckpt, name, references, extra=[*task, "--bso-decoding"])
+    bso_train, bso_decode = RECIPES[args.bso_recipe]
+    start = max(2, 7 - args.extra_epochs)  # the curriculum ends at K = 6 in the last epoch
+    rows = {
+        "seq2seq": (["--criterion", "cross_entropy"], []),
+        "bso": ([*bso_train, "--bso-curriculum-start", str(start)], bso_decode),
+        "conbso": ([*bso_train, "--bso-curriculum-start", str(start), "--constraint", "word_order"],
+                   [*bso_decode, "--constraint", "word_order"]),
+    }
+
+    def row(name):
+        train_args, decode = rows[name]
+        task = ["--task", "constrained_beam_training"]
+        log(f"{name}: {args.extra_epochs} more epochs from the NLL model ({' '.join(train_args)})")
+        ckpt = train(name, bin_dir, os.path.join(args.workdir, name), args.extra_epochs,
+                     [*task, *train_args, *decode, *VALID_BLEU, "--lr", str(args.lr), "--finetune-from-model", nll],
+                     best=True, threads=1)
+        return name, evaluate(args, bin_dir, ckpt, name, references, extra=[*task, *decode], threads=1)
+
+    with ThreadPoolExecutor(2) as pool:
+        results = dict(pool.map(row, args.methods))
 
     with open(os.path.join(args.workdir, "results.json"), "w") as f:
         json.dump(results, f, indent=2)
@@ -149,6 +180,8 @@ def main():
     print(f"Word ordering, test BLEU ({len(references)} sentences, sacrebleu on tokenized text)")
     header = "| method  | " + " | ".join(f"beam {b:>2}" for b in args.beams) + " |"
     names = {"seq2seq": "seq2seq", "bso": "BSO", "conbso": "ConBSO"}
+    print(f"(every row: {args.extra_epochs} epochs after the NLL model, best valid checkpoint; BSO recipe "
+          f"{args.bso_recipe}, decoded {'with --bso-decoding' if RECIPES[args.bso_recipe][1] else 'with the standard beam'})")
     print(header)
     print("|" + "---|" * (len(args.beams) + 1))
     for name, scores in results.items():
