@@ -48,7 +48,7 @@ def model_setup(name):
             data = os.path.join(ROOT, "examples", "word_ordering", "data")
             prepare_word_order(*(os.path.join(data, f"kjv.{s}.txt.gz") for s in ("train", "valid", "test")),
                                DEMO_CORPUS)
-        return bin_dir, [a for a in demo.MODEL], 64
+        return bin_dir, ["--task", "constrained_beam_training", *demo.MODEL], 64
     return deen_bin(4000), ["--arch", "lstm_wiseman_iwslt_de_en"], 128
 
 
@@ -146,6 +146,8 @@ def main():
     parser.add_argument("--model", choices=["wiseman", "demo"], default="wiseman",
                         help="wiseman: lstm_wiseman_iwslt_de_en on l10n-de-en (the default); demo: the demo's model "
                              "on the demo's embedded corpus (results in bso_speed_demo.json)")
+    parser.add_argument("--state-from", help="start from this checkpoint's weights (same model and data: e.g. the "
+                                             "demo's NLL model) instead of --pretrain-updates NLL updates")
     parser.add_argument("--profile", action="store_true", help="add a torch-profiler breakdown of a K=6 update")
     parser.add_argument("--skip-memory", action="store_true", help="timing only")
     parser.add_argument("--memory-only", action="store_true",
@@ -166,8 +168,14 @@ def main():
     name = "bso_speed" if args.model == "wiseman" else "bso_speed_demo"
     if args.memory_only:
         return memory_only(args, data, started)
-    print(f"pretraining {args.pretrain_updates} NLL updates", flush=True)
-    state = pretrain(data, args.pretrain_updates, args.batch_size, model_args)
+    if args.state_from:  # a trained model's weights (same architecture and data) instead of a brief pretraining
+        from fairseq import checkpoint_utils
+        import fairseq_bso  # noqa: F401
+        state = checkpoint_utils.load_checkpoint_to_cpu(args.state_from)["model"]
+        print(f"weights from {args.state_from}", flush=True)
+    else:
+        print(f"pretraining {args.pretrain_updates} NLL updates", flush=True)
+        state = pretrain(data, args.pretrain_updates, args.batch_size, model_args)
     built = {m: build(data, m, state, model_args) for m in METHODS}
     samples = batches(built["nll"][0], args.batches, args.batch_size)
     tokens = sum(s["ntokens"] for s in samples) / len(samples)
@@ -187,6 +195,7 @@ def main():
             print(f"round {r}: " + ", ".join(f"{m} {times[m][-1] * 1000:.0f} ms" for m in METHODS), flush=True)
 
     profile = profile_update(built["bso6"], built["nll"], state, samples) if args.profile else None
+    overhead = constraint_overhead(args, built["bso6"], state, samples) if args.model == "demo" else None
     state_path = os.path.join(os.path.dirname(data), "bso_speed_state.pt")
     torch.save(state, state_path)
     memory = None if args.skip_memory else probe_all(args, data, state_path)
@@ -207,8 +216,87 @@ def main():
                "rows": rows, "conditions": args.conditions}
     if profile is not None:
         results["profile_k6"] = profile
+    if overhead is not None:
+        results["word_order_constraint"] = overhead
     print(json.dumps(rows, indent=1))
     write_results(name, results, started)
+
+
+def count_decoder_rows(model):
+    """Wrap the decoder's forward to count the beam rows it runs (one per hypothesis per step); the
+    count is popped from the returned list (which also unwraps)."""
+    decoder = model.decoder
+    forward = decoder.forward
+    count = [0]
+
+    def counted(prev_output_tokens, *a, **kw):
+        count[0] += prev_output_tokens.size(0)
+        return forward(prev_output_tokens, *a, **kw)
+
+    class Result(list):
+        def pop(self):
+            decoder.forward = forward
+            return count[0]
+
+    decoder.forward = counted
+    return Result()
+
+
+def constraint_overhead(args, bso, state, samples):
+    """The word_order constraint's cost, paired rounds in this process: a BSO K=6 update with vs
+    without the constraint (same batches), and BSO decoding (--bso-decoding, beam 5, the generator
+    fairseq-generate builds) of the same valid batches with vs without it."""
+    from argparse import Namespace
+
+    from fairseq_bso.constraints import build_constraint
+
+    task, model, criterion = bso
+    constraint = build_constraint("word_order", task.source_dictionary, task.target_dictionary)
+    task.load_dataset("valid")
+    itr = task.get_batch_iterator(dataset=task.dataset("valid"), max_sentences=100, required_batch_size_multiple=1)
+    valid = list(itr.next_epoch_itr(shuffle=False))
+    train_times = {"none": [], "word_order": []}
+    gen_times = {"none": [], "word_order": []}
+    gen_tokens = {}
+    gen_args = Namespace(beam=5, max_len_a=1, max_len_b=5)
+    for r in range(args.rounds + 1):
+        for name in ("none", "word_order"):
+            task.training_constraint = constraint if name == "word_order" else None
+            task.cfg.bso_decoding = True
+            model.load_state_dict(state)
+            optimizer = torch.optim.Adam(model.parameters(), lr=1e-4)
+            t0 = time.perf_counter()
+            for sample in samples:
+                update(model, criterion, optimizer, sample)
+            t1 = time.perf_counter()
+            model.eval()
+            generator = task.build_generator([model], gen_args)
+            rows = count_decoder_rows(model)
+            t2 = time.perf_counter()
+            with torch.no_grad():
+                for sample in valid:
+                    task.inference_step(generator, [model], sample)
+            t3 = time.perf_counter()
+            tokens = rows.pop()
+            if r > 0:
+                train_times[name].append(t1 - t0)
+                gen_times[name].append(t3 - t2)
+                gen_tokens[name] = tokens
+    task.training_constraint = None
+    train_ratio = statistics.median(c / n for n, c in zip(train_times["none"], train_times["word_order"]))
+    gen_ratio = statistics.median(c / n for n, c in zip(gen_times["none"], gen_times["word_order"]))
+    # the constraint changes the search (no </s> before every word is placed, so no hypothesis finishes
+    # early and fewer sentences leave the batch early), so the cost per beam row the decoder runs is the
+    # like-for-like figure; the wall-time ratio is reported beside it
+    per_row = gen_ratio * gen_tokens["none"] / gen_tokens["word_order"]
+    out = {"training_overhead_ratio": round(train_ratio, 3),
+           "generation_overhead_ratio_per_beam_row": round(per_row, 3),
+           "generation_wall_ratio": round(gen_ratio, 3), "decoder_beam_rows": gen_tokens,
+           "train_ms_per_update": {k: round(statistics.median(v) / len(samples) * 1000, 1) for k, v in train_times.items()},
+           "generate_seconds_valid_beam5": {k: round(statistics.median(v), 3) for k, v in gen_times.items()},
+           "valid_sentences": sum(s["target"].size(0) for s in valid)}
+    print(json.dumps(out), flush=True)
+    return out
 
 
 def profile_update(bso, nll, state, samples):

@@ -5,6 +5,8 @@ four vectorized operations on it:
 
 * ``initial_state(src_tokens, beam)``: the state of the empty prefix, ``beam`` rows per sentence;
 * ``mask(state)``: (rows, V) additive mask, 0 for allowed tokens and −inf for the others;
+  ``apply_(scores, state)`` adds it to ``scores`` in place (override it to skip building the
+  mask: a (rows, V) tensor per step costs an allocation and a pass of its own);
 * ``step(state, tokens)``: the state after each row emits ``tokens`` (rows,);
 * ``reorder(state, order)``: rows reordered (``order`` may repeat rows: beam reorder, LaSO reset).
 
@@ -60,6 +62,10 @@ class Constraint:
     def mask(self, state) -> Tensor:
         raise NotImplementedError
 
+    def apply_(self, scores: Tensor, state) -> Tensor:
+        """``scores += mask(state)``, in place; returns ``scores``."""
+        return scores.add_(self.mask(state).to(scores.dtype))
+
     def step(self, state, tokens: Tensor):
         raise NotImplementedError
 
@@ -110,6 +116,18 @@ class WordOrderConstraint(Constraint):
         mask[:, self.pad] = NEG_INF
         mask[:, self.eos] = torch.zeros(words.size(0), device=words.device).masked_fill_(~used.all(1), NEG_INF)
         return mask
+
+    def apply_(self, scores: Tensor, state) -> Tensor:
+        """In place: every score −inf but those of unused source words (and of ``</s>`` once every
+        word is used); one fill of (rows, V) and O(rows · S) gathers and scatters, no mask tensor."""
+        words, used = state
+        kept = scores.gather(1, words).masked_fill_(used, NEG_INF)  # pads count as used
+        eos = scores[:, self.eos].masked_fill(~used.all(1), NEG_INF)
+        scores.fill_(NEG_INF)
+        scores.scatter_reduce_(1, words, kept, reduce="amax")  # a repeated word: any unused copy allows it
+        scores[:, self.pad] = NEG_INF
+        scores[:, self.eos] = eos
+        return scores
 
     def step(self, state, tokens: Tensor):
         words, used = state

@@ -79,9 +79,10 @@ class ConstrainedBeamSearch(BeamSearch):
              original_batch_idxs=None):
         bsz, beam_size, vocab_size = lprobs.size()
         if self.constraint is not None:
-            lprobs = lprobs + self.constraint.mask(self.state).view(bsz, beam_size, vocab_size)
+            # in place: the generator does not read lprobs after the search step
+            self.constraint.apply_(lprobs.view(bsz * beam_size, vocab_size), self.state)
             if self.dead is not None:  # rows filled with −inf candidates stay dead (raw scores do not accumulate)
-                lprobs = lprobs.masked_fill(self.dead.view(bsz, beam_size, 1), float("-inf"))
+                lprobs.masked_fill_(self.dead.view(bsz, beam_size, 1), float("-inf"))
         if step == 0:
             # at the start all hypotheses are equal: use only the first beam
             lprobs = lprobs[:, ::beam_size, :].contiguous()

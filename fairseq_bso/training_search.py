@@ -190,7 +190,7 @@ def bso_search(
         row_scores = logits.index_fill_(1, special, NEG_INF)  # <pad> and <s> are never candidates
         if constraint is not None:
             with record_function("bso.search.constraint_mask"):
-                row_scores = row_scores + constraint.mask(state)
+                row_scores = constraint.apply_(row_scores, state)
 
         # The top K of a sentence's K·V successors are the top K of its rows' own top k:
         # no (B·K, V) score tensor.  top_idx is the flat index slot * V + token.

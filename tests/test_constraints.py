@@ -54,6 +54,24 @@ def test_word_order_mask_equals_brute_force_on_all_prefixes():
                 assert got == brute_force_allowed(src_words, prefix, len(d), d.eos()), (src_words, prefix)
 
 
+def test_apply_in_place_equals_adding_the_mask():
+    """word_order's in-place apply_ (used in the search and in generation) against scores + mask(state)."""
+    d = make_dict()
+    c = WordOrderConstraint(d, d)
+    rng = random.Random(0)
+    words = [d.index(s) for s in "abcde"]
+    for _ in range(50):
+        src_words = [rng.choice(words) for _ in range(rng.randint(1, 5))]
+        src = torch.tensor([[d.pad()] * (5 - len(src_words)) + src_words + [d.eos()]])  # left-padded
+        state = c.initial_state(src, 3)
+        for _ in range(rng.randint(0, len(src_words))):
+            state = c.step(state, torch.tensor([rng.choice(src_words) for _ in range(3)]))
+        scores = torch.randn(3, len(d), dtype=torch.float64)
+        want = scores + c.mask(state)
+        got = c.apply_(scores.clone(), state)
+        assert torch.equal(got, want), (src_words, got, want)
+
+
 def test_check_reports_non_permutations():
     d = make_dict()
     c = WordOrderConstraint(d, d)
