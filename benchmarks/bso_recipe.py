@@ -41,7 +41,8 @@ from fairseq_bso.evaluation import corpus_bleu, parse_hypotheses  # noqa: E402
 from fairseq_bso.prep import prepare_word_order, read_lines  # noqa: E402
 
 TASK = ["--task", "constrained_beam_training"]
-BSO = ["--criterion", "bso", "--bso-beam-size", "6", "--bso-curriculum-start", "2", "--bso-curriculum-epochs", "1"]
+BSO = ["--criterion", "bso", "--bso-beam-size", "6", "--bso-curriculum-start", "2", "--bso-curriculum-epochs", "1",
+       "--bso-score", "logit", "--bso-gold-kth", "self"]  # the paper; a row's later options override
 RAW = ["--bso-decoding"]
 # name: (training options, decoding options, what changes against the row above it / against bso)
 ROWS = {

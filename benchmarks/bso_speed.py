@@ -31,7 +31,8 @@ from common import ROOT, deen_bin, write_results
 
 sys.path.insert(0, ROOT)
 
-METHODS = ["nll"] + [f"bso{k}" for k in range(2, 7)]
+# bsoK: the paper's score (raw logits, --bso-score logit); bso6_log_softmax: the log-softmax score at K=6
+METHODS = ["nll"] + [f"bso{k}" for k in range(2, 7)] + ["bso6_log_softmax"]
 
 
 DEMO_CORPUS = os.path.join(ROOT, "runs", "benchmarks", "demo_corpus")
@@ -57,8 +58,10 @@ def build(data, method, pretrain_state=None, model_args=("--arch", "lstm_wiseman
     from fairseq.dataclass.utils import convert_namespace_to_omegaconf
     import fairseq_bso  # noqa: F401
 
+    k = method[3:4]
+    score = "log_softmax" if method.endswith("log_softmax") else "logit"
     criterion = ["--criterion", "cross_entropy"] if method == "nll" else \
-        ["--criterion", "bso", "--bso-beam-size", method[3:], "--bso-curriculum-start", method[3:]]
+        ["--criterion", "bso", "--bso-beam-size", k, "--bso-curriculum-start", k, "--bso-score", score]
     parser = options.get_training_parser()
     args = options.parse_args_and_arch(parser, [data, "--user-dir", os.path.join(ROOT, "fairseq_bso"),
                                                 *model_args, "--cpu", *criterion])

@@ -89,7 +89,7 @@ def main():
             learning_curves(plt, rec, f"{name}.png")
     sp = load("bso_speed")
     if sp:
-        rows = {k: v for k, v in sp["rows"].items() if k.startswith("bso")}
+        rows = {k: v for k, v in sp["rows"].items() if k.startswith("bso") and k[3:].isdigit()}
         ks = sorted(rows, key=lambda k: int(k[3:]))
         fig, ax = plt.subplots(figsize=(5, 3.5))
         ax.plot([int(k[3:]) for k in ks], [rows[k]["time_ratio"] for k in ks], marker="o")

@@ -46,7 +46,7 @@ class BSOConfig(FairseqDataclass):
     bso_curriculum_epochs: int = field(
         default=2, metadata={"help": "epochs per beam size in the curriculum (K grows by 1 after each block)"})
     bso_score: ChoiceEnum(list(SCORES)) = field(  # type: ignore
-        default="logit",
+        default="log_softmax",
         metadata={"help": "score f ranking the beam: logit (the paper: the last step's raw logit; decode with "
                           "--bso-decoding) or log_softmax (the prefix's summed log-probability; decode with "
                           "fairseq's standard beam)"})
@@ -54,7 +54,7 @@ class BSOConfig(FairseqDataclass):
         default=0.0, metadata={"help": "λ of a token-level NLL term added to the BSO loss: loss = BSO + λ·NLL "
                                        "(summed over the batch's gold tokens)"})
     bso_gold_kth: ChoiceEnum(list(GOLD_KTH)) = field(  # type: ignore
-        default="self",
+        default="previous",
         metadata={"help": "when the gold is exactly the K-th item: self (the paper: the gold is its own rival, "
                           "a zero-gradient violation and a reset) or previous (the rival is the (K-1)-th item)"})
 
@@ -67,7 +67,7 @@ def curriculum_beam_size(epoch: int, start: int, epochs_per_size: int, final: in
 @register_criterion("bso", dataclass=BSOConfig)
 class BSOCriterion(FairseqCriterion):
     def __init__(self, task, bso_beam_size=6, bso_cost="zero_one", bso_curriculum_start=2, bso_curriculum_epochs=2,
-                 bso_score="logit", bso_nll_weight=0.0, bso_gold_kth="self"):
+                 bso_score="log_softmax", bso_nll_weight=0.0, bso_gold_kth="previous"):
         super().__init__(task)
         tgt_dict = task.target_dictionary
         if bso_beam_size < 2:
