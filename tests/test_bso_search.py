@@ -93,7 +93,7 @@ def assert_grads_equal(got, want, rel=1e-9):
 
 
 def assert_loss_equal(got, want, rel=1e-9):
-    got, want = float(got), float(want)
+    got, want = (float(x.detach()) if torch.is_tensor(x) else float(x) for x in (got, want))
     assert abs(got - want) <= rel * max(abs(want), 1.0), f"loss: vectorized {got!r} vs reference {want!r}"
 
 
