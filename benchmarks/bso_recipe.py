@@ -54,6 +54,10 @@ ROWS = {
     "bso_log_softmax_nll": ([*BSO, "--bso-score", "log_softmax", "--bso-nll-weight", "1"], [],
                             "score = prefix log-probability, + 1·token NLL"),
     "bso_adagrad": ([*BSO, "--optimizer", "adagrad"], RAW, "Adagrad (the authors' optimizer) instead of Adam"),
+    "bso_log_softmax_kth_previous": ([*BSO, "--bso-score", "log_softmax", "--bso-gold-kth", "previous"], [],
+                                     "score = prefix log-probability, gold K-th: rival (K-1)-th (the defaults)"),
+    "conbso_log_softmax": ([*BSO, "--bso-score", "log_softmax"], ["--constraint", "word_order"],
+                           "score = prefix log-probability, word_order constraint in training and decoding"),
 }
 
 
@@ -112,7 +116,8 @@ def run_row(args, bin_dir, nll_ckpt, name, references):
     row["best_epoch"], row["best_valid_bleu"] = max(row["valid_curve"], key=lambda e: e[1])
     row["test"] = test_bleu(args, bin_dir, best, decode, name, references)
     if name != "seq2seq":  # the other decoding, for comparison
-        other = [] if decode else RAW
+        constraint = [o for o in decode if o != "--bso-decoding"]
+        other = constraint if "--bso-decoding" in decode else [*constraint, *RAW]
         row["test_other_decoding"] = {"decoding": other or ["standard beam"],
                                       **test_bleu(args, bin_dir, best, other, name + ".other", references)}
     demo.log(f"{name}: best epoch {row['best_epoch']} valid {row['best_valid_bleu']} test {row['test']}")
