@@ -4,7 +4,8 @@
 set -euo pipefail
 cd "$(dirname "$0")"
 python3 word_ordering.py
-python3 bso_speed.py
+python3 bso_speed.py --profile       # alone: speed figures need a quiet machine
+python3 bso_recipe.py
 python3 distillation.py      # trains the teacher shared with translation.py and pruning.py
 python3 translation.py
 python3 pruning.py
