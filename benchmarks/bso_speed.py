@@ -17,6 +17,7 @@ rise of the peak resident set size over the resident size before the first updat
 """
 
 import argparse
+import contextlib
 import json
 import os
 import resource
@@ -225,9 +226,10 @@ def main():
     write_results(name, results, started)
 
 
-def count_decoder_rows(model):
-    """Wrap the decoder's forward to count the beam rows it runs (one per hypothesis per step); the
-    count is popped from the returned list (which also unwraps)."""
+@contextlib.contextmanager
+def decoder_rows_counted(model):
+    """Within the block the decoder counts the beam rows it runs (one per hypothesis per step)
+    into the yielded list's single item."""
     decoder = model.decoder
     forward = decoder.forward
     count = [0]
@@ -236,13 +238,11 @@ def count_decoder_rows(model):
         count[0] += prev_output_tokens.size(0)
         return forward(prev_output_tokens, *a, **kw)
 
-    class Result(list):
-        def pop(self):
-            decoder.forward = forward
-            return count[0]
-
     decoder.forward = counted
-    return Result()
+    try:
+        yield count
+    finally:
+        decoder.forward = forward
 
 
 def constraint_overhead(args, bso, state, samples):
@@ -274,17 +274,15 @@ def constraint_overhead(args, bso, state, samples):
             t1 = time.perf_counter()
             model.eval()
             generator = task.build_generator([model], gen_args)
-            rows = count_decoder_rows(model)
-            t2 = time.perf_counter()
-            with torch.no_grad():
+            with decoder_rows_counted(model) as rows, torch.no_grad():
+                t2 = time.perf_counter()
                 for sample in valid:
                     task.inference_step(generator, [model], sample)
-            t3 = time.perf_counter()
-            tokens = rows.pop()
+                t3 = time.perf_counter()
             if r > 0:
                 train_times[name].append(t1 - t0)
                 gen_times[name].append(t3 - t2)
-                gen_tokens[name] = tokens
+                gen_tokens[name] = rows[0]
     task.training_constraint = None
     train_ratio = statistics.median(c / n for n, c in zip(train_times["none"], train_times["word_order"]))
     gen_ratio = statistics.median(c / n for n, c in zip(gen_times["none"], gen_times["word_order"]))

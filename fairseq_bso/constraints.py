@@ -89,8 +89,8 @@ class WordOrderConstraint(Constraint):
     Needs a joined dictionary.
 
     State per row: the source words (rows, S) and which positions are used (rows, S).
-    Everything is O(rows · S) except the mask, one fill of (rows, V) plus a scatter of
-    the unused words, so a step costs about one pass over the scores.
+    Everything is O(rows · S) except ``apply_``'s one fill of the (rows, V) scores (the mask
+    is ``apply_`` on zeros), so a step costs about one pass over the scores.
     """
 
     max_len_a_b = (1, 0)  # n words + </s> = the source length
@@ -109,13 +109,8 @@ class WordOrderConstraint(Constraint):
         return words.repeat_interleave(beam, dim=0), used.repeat_interleave(beam, dim=0)
 
     def mask(self, state) -> Tensor:
-        words, used = state
-        mask = torch.full((words.size(0), self.vocab), NEG_INF, device=words.device)
-        open_ = torch.zeros(words.shape, device=words.device).masked_fill_(used, NEG_INF)
-        mask.scatter_reduce_(1, words, open_, reduce="amax")  # 0 where any unused position holds the token
-        mask[:, self.pad] = NEG_INF
-        mask[:, self.eos] = torch.zeros(words.size(0), device=words.device).masked_fill_(~used.all(1), NEG_INF)
-        return mask
+        words, _ = state
+        return self.apply_(torch.zeros(words.size(0), self.vocab, device=words.device), state)
 
     def apply_(self, scores: Tensor, state) -> Tensor:
         """In place: every score −inf but those of unused source words (and of ``</s>`` once every

@@ -171,10 +171,8 @@ def bso_search(
     special = None
     V = None
 
-    for t in range(T):
+    for t in range(T):  # the longest gold ends at T - 1, so some row is live at every step
         n_rows = row_slot.numel()
-        if n_rows == 0:  # every gold has ended
-            break
         # incremental decoders read the last token (and the prefix length): no history needed
         prev = prev_token.unsqueeze(1).expand(n_rows, t + 1)
         with record_function("bso.search.decoder"):
@@ -258,7 +256,7 @@ def bso_search(
 
     with record_function("bso.search.paths_and_delta"):
         violating_tokens = violating_paths(violation, rival_item, seg_start, back_slot, back_token, target, V)
-        delta = segment_costs(violation, reset, violating_tokens, target, cost)
+        delta = segment_costs(violation, seg_start, violating_tokens, target, cost)
     return SearchResult(violation, reset, delta, violating_tokens, gold_scores, rival_scores, K, seg_start, score)
 
 
@@ -283,21 +281,17 @@ def violating_paths(violation: Tensor, rival_item: Tensor, seg_start: Tensor, ba
     return tokens
 
 
-def segment_costs(violation: Tensor, reset: Tensor, violating_tokens: Tensor, target: Tensor,
+def segment_costs(violation: Tensor, segment_start: Tensor, violating_tokens: Tensor, target: Tensor,
                   cost: Callable[[Tensor, Tensor, Tensor], Tensor]) -> Tensor:
-    """Δ for every violation at once: its segment runs from the step after the
-    previous reset (or 0) to the violation step."""
+    """Δ for every violation at once: its segment runs from ``segment_start`` at the violation
+    step (the step after the previous reset, or 0) to the violation step."""
     B, T = violation.shape
     delta = torch.zeros(B, T, device=target.device)
     b_idx, t_idx = violation.nonzero(as_tuple=True)
     if b_idx.numel() == 0:
         return delta
     steps = torch.arange(T, device=target.device)
-    # start of the segment ending at t: 1 + the last reset strictly before t
-    reset_steps = torch.where(reset, steps.expand(B, T), torch.full_like(reset, -1, dtype=torch.long))
-    last_reset_before = torch.cummax(reset_steps, dim=1).values  # last reset at or before t
-    prev = torch.cat([last_reset_before.new_full((B, 1), -1), last_reset_before[:, :-1]], 1)
-    start = prev[b_idx, t_idx] + 1
+    start = segment_start[b_idx, t_idx]
     mask = (steps.unsqueeze(0) >= start.unsqueeze(1)) & (steps.unsqueeze(0) <= t_idx.unsqueeze(1))
     delta[b_idx, t_idx] = cost(violating_tokens[b_idx], target[b_idx], mask).to(delta.dtype)
     return delta

@@ -227,13 +227,15 @@ def test_gathered_logits_equal_full_output_layer():
 
 
 def test_segment_costs_use_the_segment_since_the_last_reset():
-    """A hand-made case: a reset at step 1, then a violation at step 3 scored on steps 2..3 only."""
+    """A hand-made case: a reset at step 1 (so the segment of steps 2.. starts at 2, as the search
+    records it), then a violation at step 3 scored on steps 2..3 only.  (The search's segment starts
+    are checked against the literal reference's Δ in the tests above.)"""
     from fairseq_bso.training_search import segment_costs
     target = torch.tensor([[5, 6, 7, 8, 2]])
     viol_tokens = torch.tensor([[9, 6, 7, 9, 2]])
     violation = torch.tensor([[False, True, False, True, False]])
-    reset = violation.clone()
-    delta = segment_costs(violation, reset, viol_tokens, target, COSTS["sentence_bleu"])
+    segment_start = torch.tensor([[0, 0, 2, 2, 2]])
+    delta = segment_costs(violation, segment_start, viol_tokens, target, COSTS["sentence_bleu"])
     mask01 = torch.tensor([[True, True, False, False, False]])
     mask23 = torch.tensor([[False, False, True, True, False]])
     assert delta[0, 1].item() == pytest.approx(1 - segment_bleu(viol_tokens, target, mask01, mask01).item())
