@@ -124,12 +124,28 @@ def test_generate_with_bso_decoding_scores_finished_hypotheses_by_eos_logit(bso_
     (["--bso-beam-size", "500"], "larger than the target vocabulary"),
     (["--bso-beam-size", "4", "--bso-curriculum-start", "5"], "--bso-curriculum-start must be in [2"),
     (["--bso-cost", "meteor"], "invalid choice: 'meteor'"),
+    (["--bso-score", "softmax"], "invalid choice: 'softmax'"),
+    (["--bso-gold-kth", "next"], "invalid choice: 'next'"),
+    (["--bso-nll-weight", "-0.5"], "--bso-nll-weight must be >= 0, got -0.5"),
 ])
 def test_bad_bso_options_fail_before_training(word_order_bin, tmp_path, args, message):
     proc = harness.train(word_order_bin, str(tmp_path), criterion=["--criterion", "bso", *args], check=False)
     assert proc.returncode != 0
     assert message in proc.stdout
     assert "num_updates" not in proc.stdout
+
+
+@pytest.mark.parametrize("levers", [["--bso-score", "logit", "--bso-gold-kth", "self", "--bso-nll-weight", "0.5"],
+                                    ["--bso-score", "log_softmax", "--bso-gold-kth", "previous", "--bso-nll-weight", "1"]])
+def test_levers_train_through_fairseq_train(word_order_bin, nll_checkpoint, tmp_path, levers):
+    """The levers' options reach the criterion through fairseq-train: the NLL term is logged beside the
+    margin loss, and the logged loss is their weighted sum."""
+    proc = harness.train(word_order_bin, str(tmp_path), criterion=[*BSO, *levers], max_epoch=1,
+                         extra=["--finetune-from-model", nll_checkpoint, *TASK])
+    line = re.search(r"\| train \| epoch 001 \|.*", proc.stdout).group(0)
+    stats = {k: float(v) for k, v in re.findall(r"\| (loss|margin_loss|nll_loss|ntokens|bsz) ([\d.]+)", line)}
+    assert {"loss", "margin_loss", "nll_loss"} <= set(stats), line
+    assert stats["loss"] > stats["margin_loss"], line  # λ·NLL > 0 is part of the loss
 
 
 def test_transformer_trains_with_bso(word_order_bin, tmp_path):
