@@ -58,13 +58,22 @@ ROWS = {
                                      "score = prefix log-probability, gold K-th: rival (K-1)-th (the defaults)"),
     "conbso_log_softmax": ([*BSO, "--bso-score", "log_softmax"], ["--constraint", "word_order"],
                            "score = prefix log-probability, word_order constraint in training and decoding"),
+    "bso_stop": ([*BSO, "--bso-learn-to-stop"], RAW, "+ learning to stop (finished hypotheses leave the beam and "
+                                                     "rival the gold's final score)"),
+    "bso_log_softmax_kth_previous_stop": (
+        [*BSO, "--bso-score", "log_softmax", "--bso-gold-kth", "previous", "--bso-learn-to-stop"], [],
+        "the defaults (log-probability score, gold K-th: rival (K-1)-th) + learning to stop"),
 }
 
 
-def fairseq_train(args, bin_dir, save_dir, extra, decode):
-    """One training run with per-epoch valid BLEU under the given decoding; skipped when done."""
-    done = os.path.join(save_dir, "done")
-    if os.path.exists(done):
+def fairseq_train(args, bin_dir, save_dir, extra, decode, epochs=None):
+    """One training run with per-epoch valid BLEU under the given decoding; skipped when done.
+
+    With ``epochs``, the run stops after that many epochs and its best checkpoint so far is
+    kept as ``checkpoint_best_e{epochs}.pt``; a later call with more epochs resumes the same
+    run from ``checkpoint_last.pt`` (so a 36-epoch row extends its 12-epoch row)."""
+    done = os.path.join(save_dir, "done" if epochs is None else f"done_e{epochs}")
+    if os.path.exists(done) or (epochs == 12 and os.path.exists(os.path.join(save_dir, "done"))):
         return
     eval_args = json.dumps({"beam": 5, "max_len_a": 1, "max_len_b": 5})
     optimizer = [] if "--optimizer" in extra else ["--optimizer", "adam"]
@@ -80,6 +89,11 @@ def fairseq_train(args, bin_dir, save_dir, extra, decode):
         proc = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
     if proc.returncode != 0:
         raise SystemExit(f"training failed: see {save_dir}.log")
+    if epochs is not None:
+        import shutil
+        best = os.path.join(save_dir, "checkpoint_best.pt")
+        shutil.copyfile(best, best[:-3] + f"_e{epochs}.pt.tmp")
+        os.replace(best[:-3] + f"_e{epochs}.pt.tmp", best[:-3] + f"_e{epochs}.pt")
     open(done, "w").close()
 
 
@@ -97,7 +111,7 @@ def learning_curve(log_path):
 def test_bleu(args, bin_dir, ckpt, decode, name, references):
     scores = {}
     for beam in args.beams:
-        out_log = os.path.join(args.workdir, f"test.{name}.beam{beam}.log")
+        out_log = os.path.join(args.workdir, f"test.{name}.e{args.epochs}.beam{beam}.log")
         out = demo.run(["fairseq-generate", bin_dir, "--user-dir", demo.user_dir(), "--path", ckpt, *demo.COMMON,
                         *TASK, *decode, "--gen-subset", "test", "--beam", str(beam), "--batch-size", "100",
                         "--max-len-a", "1", "--max-len-b", "5"], out_log)
@@ -109,10 +123,13 @@ def run_row(args, bin_dir, nll_ckpt, name, references):
     train_args, decode, _ = ROWS[name]
     save = os.path.join(args.workdir, name)
     fairseq_train(args, bin_dir, save, [*train_args, "--lr", str(args.lr), "--max-epoch", str(args.epochs),
-                                        "--finetune-from-model", nll_ckpt], decode)
-    best = os.path.join(save, "checkpoint_best.pt")
+                                        "--finetune-from-model", nll_ckpt], decode, epochs=args.epochs)
+    best = os.path.join(save, f"checkpoint_best_e{args.epochs}.pt")
+    if not os.path.exists(best):  # a row finished before the per-epoch-budget copies
+        best = os.path.join(save, "checkpoint_best.pt")
     row = {"lever": ROWS[name][2], "train_options": train_args, "decoding": decode or ["standard beam"],
-           "valid_curve": learning_curve(save + ".log")}
+           "extra_epochs": args.epochs,
+           "valid_curve": [e for e in learning_curve(save + ".log") if e[0] <= args.epochs]}
     row["best_epoch"], row["best_valid_bleu"] = max(row["valid_curve"], key=lambda e: e[1])
     row["test"] = test_bleu(args, bin_dir, best, decode, name, references)
     if name != "seq2seq":  # the other decoding, for comparison

@@ -8,7 +8,7 @@
   tests check it against ``sacrebleu.sentence_bleu`` itself.
 """
 
-from typing import Callable, Dict
+from typing import Callable, Dict, Optional
 
 import torch
 from torch import Tensor
@@ -70,15 +70,18 @@ def segment_bleu(hyp: Tensor, ref: Tensor, hyp_mask: Tensor, ref_mask: Tensor) -
     return torch.where(correct.sum(1) > 0, score, torch.zeros_like(score))
 
 
-def zero_one_delta(viol_tokens: Tensor, gold_tokens: Tensor, mask: Tensor) -> Tensor:
+def zero_one_delta(viol_tokens: Tensor, gold_tokens: Tensor, mask: Tensor, gold_mask: Optional[Tensor] = None) -> Tensor:
     return torch.ones(viol_tokens.shape[0], dtype=torch.float, device=viol_tokens.device)
 
 
-def sentence_bleu_delta(viol_tokens: Tensor, gold_tokens: Tensor, mask: Tensor) -> Tensor:
-    return 1.0 - segment_bleu(viol_tokens, gold_tokens, mask, mask)
+def sentence_bleu_delta(viol_tokens: Tensor, gold_tokens: Tensor, mask: Tensor,
+                        gold_mask: Optional[Tensor] = None) -> Tensor:
+    """``mask`` marks the violating segment; ``gold_mask`` the gold segment (the same positions
+    unless the violating hypothesis finished earlier: the learning-to-stop step)."""
+    return 1.0 - segment_bleu(viol_tokens, gold_tokens, mask, mask if gold_mask is None else gold_mask)
 
 
-COSTS: Dict[str, Callable[[Tensor, Tensor, Tensor], Tensor]] = {
+COSTS: Dict[str, Callable[..., Tensor]] = {
     "zero_one": zero_one_delta,
     "sentence_bleu": sentence_bleu_delta,
 }

@@ -30,6 +30,32 @@ Two passes, so that the backward cost does not grow with K:
    violating segment flows into the gold path.  Only the two logits the loss
    uses are computed (rows of the output projection), never a softmax.
 
+Learning to stop (optional, ``stop=True``; after Ma, Zheng and Huang, NAACL 2019).  The
+paper's search treats ``</s>`` as an ordinary token and never compares hypotheses of
+different lengths, while a decoder that finalizes at ``</s>`` (fairseq's generator, and
+``--bso-decoding``) picks the best finished hypothesis across lengths.  With ``stop`` the
+training search does what the generator does, as a named step (:func:`finish_hypotheses`):
+
+* at a step t before the gold's last step, an item ending in ``</s>`` that ranks in the top K
+  of the step's candidates leaves the beam for a *finished set*, and the beam holds the top K
+  unfinished items (the generator keeps K active hypotheses the same way); the margin check
+  at t compares the gold with the K-th *unfinished* item;
+* the finished set holds the hypotheses finished since the last reset (a reset discards the
+  beam they came from);
+* at the gold's last step (the gold emits ``</s>``) the rival is the best of the paper's
+  best incorrect item and the best finished hypothesis: a finished incorrect hypothesis whose
+  score f(``</s>``) comes within the margin of the gold's final f(``</s>``) is a violation,
+  and its loss term is Δ·[1 − f_T(y) + f_{t'}(ŷ)] with ŷ the finished hypothesis (which ends
+  at t' < T); Δ compares its segment (up to t') with the gold's (up to T).
+* Where this differs from Ma et al.: only the abstract and introduction of their paper were
+  available to read here.  They also propose a new ranking with a stopping criterion for
+  decoding; this step changes training only (``--bso-decoding`` is fairseq's generator: it
+  stops when K hypotheses have finished and returns the best f(``</s>``)).  Their loss
+  penalizes suboptimal finished candidates found by the training beam; this step takes the
+  single best finished rival of a segment, as the paper's last step takes the single best
+  incorrect sequence.  Hypotheses longer than the gold are never compared (the search stops
+  with the gold).
+
 Ties and dead rows: a beam slot without a valid item (the first step, right after
 a reset, or when fewer than K successors exist, e.g. K ≥ vocabulary) scores −inf;
 a −inf rival never causes a violation.  ``</s>`` is an ordinary token during the
@@ -81,6 +107,7 @@ class SearchResult:
     beam_size: int
     segment_start: Tensor = None  # long: first step of the segment that step t belongs to (after the last reset)
     score: str = "logit"  # the score f the search ranked by (see SCORES)
+    rival_step: Tensor = None  # long: the step of the rival's last token (t, or t' < t for a finished rival)
 
 
 @contextmanager
@@ -123,10 +150,12 @@ def bso_search(
     src_tokens: Optional[Tensor] = None,
     score: str = "logit",
     gold_kth: str = "self",
+    stop: bool = False,
 ) -> SearchResult:
     """Algorithm 1's forward pass for a batch: ``target`` is (B, T), right-padded, ending in ``</s>``.
 
-    ``score`` (see :data:`SCORES`) and ``gold_kth`` (see :data:`GOLD_KTH`) select the levers.
+    ``score`` (see :data:`SCORES`), ``gold_kth`` (see :data:`GOLD_KTH`) and ``stop`` (the
+    learning-to-stop step, :func:`finish_hypotheses`) select the levers.
 
     Only the *live* beam items are run through the decoder: one row per sentence
     at the first step and right after a reset (every slot would hold the same gold
@@ -160,10 +189,17 @@ def bso_search(
         raise ValueError(f"gold_kth must be one of {GOLD_KTH}, got {gold_kth!r}")
     cumulative = score == "log_softmax"
     row_prefix_score = None  # log_softmax: each row's prefix score S(ŷ_{1:t-1})
+    internal_eos = target.eq(eos) & (torch.arange(T, device=device) < last_step.unsqueeze(1))
+    if stop and internal_eos.any():
+        b = int(internal_eos.any(1).nonzero()[0])
+        raise ValueError(f"the learning-to-stop step needs targets whose only </s> is the last token; "
+                         f"target row {b} has an internal </s> (a literal '</s>' word in the data?)")
 
     back_slot = target.new_zeros(B, T, K)  # parent slot (at t-1) of the item in slot k after step t
     back_token = target.new_zeros(B, T, K)  # its last token
-    rival_item = target.new_zeros(B, T)  # the rival's index slot * V + token at step t
+    rival_item = target.new_zeros(B, T)  # the rival's index slot * V + token at its last step
+    rival_step = torch.arange(T, device=device).repeat(B, 1)  # the step of the rival's last token
+    finished = None  # learning to stop: the best finished hypothesis since the last reset
     seg_start = target.new_zeros(B, T)  # segment_start at step t
     violation = torch.zeros(B, T, dtype=torch.bool, device=device)
     reset = torch.zeros_like(violation)
@@ -189,6 +225,10 @@ def bso_search(
         if constraint is not None:
             with record_function("bso.search.constraint_mask"):
                 row_scores = constraint.apply_(row_scores, state)
+        if stop:  # </s> before the gold's last step finishes a hypothesis: not a beam candidate
+            going_on = (t < last_step).index_select(0, torch.div(row_slot, K, rounding_mode="floor"))
+            row_eos = row_scores[:, eos].masked_fill(~going_on, NEG_INF)
+            row_scores[:, eos].masked_fill_(going_on, NEG_INF)
 
         # The top K of a sentence's K·V successors are the top K of its rows' own top k:
         # no (B·K, V) score tensor.  top_idx is the flat index slot * V + token.
@@ -205,6 +245,8 @@ def bso_search(
         gold_row = slot_row[sentence * K + gold_slot]
         gold_score = row_scores[gold_row.clamp(min=0), target[:, t]]
         gold_score = gold_score.masked_fill(gold_row < 0, NEG_INF)  # a sentence whose gold has ended
+        if stop:
+            finished = finish_hypotheses(finished, row_eos, row_slot, top_scores, t, V, eos)
 
         # The rival: ŷ^(K) before the last step; the best incorrect item at the last step.
         final = t == last_step
@@ -214,13 +256,18 @@ def bso_search(
             kth = kth - (top_idx[:, K - 1] == gold_idx).long()
         rival_pos = torch.where(final, best_incorrect, kth)
         rival_score = top_scores.gather(1, rival_pos.unsqueeze(1)).squeeze(1)
+        rival_item[:, t] = top_idx.gather(1, rival_pos.unsqueeze(1)).squeeze(1)
+        if stop:  # at the last step a finished hypothesis may be the best incorrect one
+            use_finished = final & (finished.score > rival_score)
+            rival_score = torch.where(use_finished, finished.score, rival_score)
+            rival_item[:, t] = torch.where(use_finished, finished.item, rival_item[:, t])
+            rival_step[:, t] = torch.where(use_finished, finished.step, rival_step[:, t])
         active = t <= last_step
         violated = active & (gold_score < rival_score + margin)
 
         violation[:, t] = violated
         gold_scores[:, t] = gold_score
         rival_scores[:, t] = rival_score
-        rival_item[:, t] = top_idx.gather(1, rival_pos.unsqueeze(1)).squeeze(1)
         seg_start[:, t] = segment_start
         if t == T - 1:
             break
@@ -237,6 +284,8 @@ def bso_search(
         live &= (t + 1 <= last_step).unsqueeze(1)  # a sentence whose gold has ended leaves the search
         gold_slot = torch.where(do_reset, torch.zeros_like(gold_slot), gold_in_top)
         segment_start = torch.where(do_reset, torch.full_like(segment_start, t + 1), segment_start)
+        if stop:  # a reset discards the hypotheses finished in the segment
+            finished.score.masked_fill_(do_reset, NEG_INF)
         back_slot[:, t] = next_slot
         back_token[:, t] = next_token
         if cumulative:  # the new items' prefix scores; after a reset the gold prefix's
@@ -255,20 +304,53 @@ def bso_search(
                 state = constraint.step(constraint.reorder(state, parent_row), prev_token)
 
     with record_function("bso.search.paths_and_delta"):
-        violating_tokens = violating_paths(violation, rival_item, seg_start, back_slot, back_token, target, V)
-        delta = segment_costs(violation, seg_start, violating_tokens, target, cost)
-    return SearchResult(violation, reset, delta, violating_tokens, gold_scores, rival_scores, K, seg_start, score)
+        violating_tokens = violating_paths(violation, rival_item, seg_start, back_slot, back_token, target, V,
+                                           rival_step)
+        delta = segment_costs(violation, seg_start, violating_tokens, target, cost, rival_step)
+    return SearchResult(violation, reset, delta, violating_tokens, gold_scores, rival_scores, K, seg_start, score,
+                        rival_step)
+
+
+@dataclass
+class Finished:
+    """The best finished hypothesis of each sentence since its last reset (B each)."""
+
+    score: Tensor  # f(</s>) of the hypothesis (−inf: none)
+    step: Tensor  # the step of its </s>
+    item: Tensor  # slot * V + </s>, slot its parent's beam slot at step - 1
+
+
+def finish_hypotheses(finished: Optional[Finished], row_eos: Tensor, row_slot: Tensor, top_scores: Tensor, t: int,
+                      V: int, eos: int) -> Finished:
+    """The learning-to-stop step: the ``</s>`` candidates of step t that rank in the top K of
+    all the step's candidates (``top_scores`` holds the top K unfinished ones, best first)
+    finish; each sentence keeps its best finished hypothesis.  ``row_eos``: each computed
+    row's f(``</s>``), −inf where ``</s>`` is the gold's own last token (not a finished rival).
+    """
+    B, K = top_scores.shape
+    if finished is None:
+        finished = Finished(top_scores.new_full((B,), NEG_INF), row_slot.new_zeros(B), row_slot.new_zeros(B))
+    eos_cand = top_scores.new_full((B * K,), NEG_INF).index_copy_(0, row_slot, row_eos).view(B, K)
+    _, pos = torch.cat([top_scores, eos_cand], 1).topk(K, dim=1)  # the top K of all candidates
+    in_top = torch.zeros(B, 2 * K, dtype=torch.bool, device=pos.device).scatter_(1, pos, True)[:, K:]
+    best, best_slot = eos_cand.masked_fill(~in_top, NEG_INF).max(1)
+    better = best > finished.score
+    return Finished(torch.where(better, best, finished.score), torch.where(better, t, finished.step),
+                    torch.where(better, best_slot * V + eos, finished.item))
 
 
 def violating_paths(violation: Tensor, rival_item: Tensor, seg_start: Tensor, back_slot: Tensor,
-                    back_token: Tensor, target: Tensor, V: int) -> Tensor:
+                    back_token: Tensor, target: Tensor, V: int, rival_step: Optional[Tensor] = None) -> Tensor:
     """The violating path: the gold, except in each violating segment the rival's tokens,
-    read from the back-pointers (one vectorized pass over the steps, for all violations)."""
+    read from the back-pointers (one vectorized pass over the steps, for all violations).
+    A rival that finished at t' < t (``rival_step``) fills the segment up to t' only."""
     tokens = target.clone()
     b, t = violation.nonzero(as_tuple=True)
     if b.numel() == 0:
         return tokens
     item = rival_item[b, t]
+    if rival_step is not None:
+        t = rival_step[b, t]
     slot = torch.div(item, V, rounding_mode="floor")  # the rival's parent slot at step t - 1
     tokens[b, t] = item - slot * V
     start = seg_start[b, t]
@@ -282,18 +364,23 @@ def violating_paths(violation: Tensor, rival_item: Tensor, seg_start: Tensor, ba
 
 
 def segment_costs(violation: Tensor, segment_start: Tensor, violating_tokens: Tensor, target: Tensor,
-                  cost: Callable[[Tensor, Tensor, Tensor], Tensor]) -> Tensor:
+                  cost: Callable[..., Tensor], rival_step: Optional[Tensor] = None) -> Tensor:
     """Δ for every violation at once: its segment runs from ``segment_start`` at the violation
-    step (the step after the previous reset, or 0) to the violation step."""
+    step (the step after the previous reset, or 0) to the violation step (for the violating
+    path: to ``rival_step``, earlier when the rival is a finished hypothesis)."""
     B, T = violation.shape
     delta = torch.zeros(B, T, device=target.device)
     b_idx, t_idx = violation.nonzero(as_tuple=True)
     if b_idx.numel() == 0:
         return delta
-    steps = torch.arange(T, device=target.device)
-    start = segment_start[b_idx, t_idx]
-    mask = (steps.unsqueeze(0) >= start.unsqueeze(1)) & (steps.unsqueeze(0) <= t_idx.unsqueeze(1))
-    delta[b_idx, t_idx] = cost(violating_tokens[b_idx], target[b_idx], mask).to(delta.dtype)
+    steps = torch.arange(T, device=target.device).unsqueeze(0)
+    start = segment_start[b_idx, t_idx].unsqueeze(1)
+    gold_mask = (steps >= start) & (steps <= t_idx.unsqueeze(1))
+    if rival_step is None or torch.equal(rival_step[b_idx, t_idx], t_idx):
+        delta[b_idx, t_idx] = cost(violating_tokens[b_idx], target[b_idx], gold_mask).to(delta.dtype)
+    else:
+        mask = (steps >= start) & (steps <= rival_step[b_idx, t_idx].unsqueeze(1))
+        delta[b_idx, t_idx] = cost(violating_tokens[b_idx], target[b_idx], mask, gold_mask).to(delta.dtype)
     return delta
 
 
@@ -422,6 +509,8 @@ def bso_loss(gold: Tensor, violating: Tensor, result: SearchResult, margin: floa
     if result.score == "log_softmax":
         gold = segment_sums(gold, result.segment_start)
         violating = segment_sums(violating, result.segment_start)
+    if result.rival_step is not None:  # a finished rival scores at its own last step
+        violating = violating.gather(1, result.rival_step)
     terms = result.delta * (margin - gold + violating)
     return torch.where(result.violation, terms, torch.zeros_like(terms)).sum()
 

@@ -10,7 +10,11 @@ Levers, as ``fairseq_bso.training_search`` documents them:
   and the beam keeps each prefix's score (computed here from scratch for every prefix);
 * ``gold_kth="self"``: the K-th item is the rival even when it is the gold;
   ``"previous"``: then the (K−1)-th item is;
-* :func:`reference_nll`: −Σ_t log p(y_t | y_<t) over the whole gold.
+* :func:`reference_nll`: −Σ_t log p(y_t | y_<t) over the whole gold;
+* ``stop=True`` (learning to stop): before the gold's last step, a candidate ending in
+  </s> that ranks in the top K leaves the beam for the finished list (emptied at a reset),
+  the beam is the top K of the other candidates, and at the last step the rival is the best
+  of the incorrect candidates and the finished list.
 """
 
 import torch
@@ -37,7 +41,7 @@ def reference_nll(model, src_tokens, src_lengths, gold, eos):
 
 
 def reference_bso(model, src_tokens, src_lengths, gold, beam_size, invalid, cost, eos, margin=1.0,
-                  allowed=None, score="logit", gold_kth="self"):
+                  allowed=None, score="logit", gold_kth="self", stop=False):
     """Returns (violation steps, reset steps, loss tensor with graph, deltas by step).
 
     ``gold``: target token list ending in </s>.  ``invalid``: token ids never
@@ -48,6 +52,7 @@ def reference_bso(model, src_tokens, src_lengths, gold, beam_size, invalid, cost
     beam = [[]]  # prefixes
     segment_start = 0
     violations, resets, deltas, loss_terms = [], [], {}, []
+    finished = []  # stop: (score, prefix) of the hypotheses finished since the last reset
     for t in range(T):
         candidates = []
         with torch.no_grad():
@@ -63,11 +68,17 @@ def reference_bso(model, src_tokens, src_lengths, gold, beam_size, invalid, cost
                         continue
                     candidates.append((base + step[w].item(), prefix + [w]))
         candidates.sort(key=lambda c: -c[0])
+        if stop and t < T - 1:
+            finished += [c for c in candidates[:beam_size] if c[1][-1] == eos]
+            candidates = [c for c in candidates if c[1][-1] != eos]
         gold_prefix = gold[: t + 1]
         gold_score = next(s for s, p in candidates if p == gold_prefix)
         if t == T - 1:
             incorrect = [c for c in candidates if c[1] != gold_prefix]
             rival = incorrect[0] if incorrect else None
+            best_finished = max(finished, key=lambda c: c[0]) if finished else None
+            if best_finished is not None and (rival is None or best_finished[0] > rival[0]):
+                rival = best_finished
         else:
             rival = candidates[beam_size - 1] if len(candidates) >= beam_size else None
             if rival is not None and rival[1] == gold_prefix and gold_kth == "previous":
@@ -85,6 +96,7 @@ def reference_bso(model, src_tokens, src_lengths, gold, beam_size, invalid, cost
                 resets.append(t)
                 beam = [gold_prefix]
                 segment_start = t + 1
+                finished = []
         else:
             beam = [p for _, p in candidates[:beam_size]]
     loss = sum(loss_terms) if loss_terms else torch.zeros(())

@@ -148,6 +148,18 @@ def test_levers_train_through_fairseq_train(word_order_bin, nll_checkpoint, tmp_
     assert stats["loss"] > stats["margin_loss"], line  # λ·NLL > 0 is part of the loss
 
 
+@pytest.mark.parametrize("score", ["logit", "log_softmax"])
+def test_learning_to_stop_trains_through_fairseq_train(word_order_bin, nll_checkpoint, tmp_path, score):
+    """--bso-learn-to-stop reaches the search through fairseq-train: the share of last-step
+    violations won by a finished (shorter) hypothesis is logged, and the run trains."""
+    proc = harness.train(word_order_bin, str(tmp_path), criterion=[*BSO, "--bso-score", score, "--bso-learn-to-stop"],
+                         max_epoch=1, extra=["--finetune-from-model", nll_checkpoint, *TASK])
+    line = re.search(r"\| train \| epoch 001 \|.*", proc.stdout).group(0)
+    stats = dict(re.findall(r"\| (loss|finished_rivals|violations) ([\d.]+)", line))
+    assert {"loss", "finished_rivals", "violations"} <= set(stats), line
+    assert 0 <= float(stats["finished_rivals"]) <= float(stats["violations"]), line
+
+
 def test_transformer_trains_with_bso(word_order_bin, tmp_path):
     arch = ["--arch", "transformer", "--encoder-layers", "1", "--decoder-layers", "1", "--encoder-embed-dim", "16",
             "--decoder-embed-dim", "16", "--encoder-ffn-embed-dim", "32", "--decoder-ffn-embed-dim", "32",

@@ -58,21 +58,25 @@ def random_batch(d, rng, batch):
 
 
 def list_cost(name):
+    """Δ of two token lists (of different lengths when the rival finished early)."""
     def cost(viol, gold):
-        t = torch.tensor([viol])
-        g = torch.tensor([gold])
-        return COSTS[name](t, g, torch.ones_like(t, dtype=torch.bool)).item()
+        width = max(len(viol), len(gold))
+        t = torch.tensor([viol + [0] * (width - len(viol))])
+        g = torch.tensor([gold + [0] * (width - len(gold))])
+        t_mask = torch.tensor([[i < len(viol) for i in range(width)]])
+        g_mask = torch.tensor([[i < len(gold) for i in range(width)]])
+        return COSTS[name](t, g, t_mask, g_mask).item()
     return cost
 
 
-def vectorized(model, d, srcs, golds, K, cost, score="logit", gold_kth="self", nll_weight=0.0):
+def vectorized(model, d, srcs, golds, K, cost, score="logit", gold_kth="self", nll_weight=0.0, stop=False):
     src = left_pad(srcs, d.pad())
     lengths = torch.tensor([len(s) for s in srcs])
     target = right_pad(golds, d.pad())
     enc = model.encoder(src, src_lengths=lengths)
     with deterministic_decoder(model.decoder):
         result = bso_search(model, enc, target, K, d.pad(), d.eos(), d.bos(), COSTS[cost], score=score,
-                            gold_kth=gold_kth)
+                            gold_kth=gold_kth, stop=stop)
         scored = rescore(model, enc, target, result, d.pad(), d.eos(), nll=nll_weight > 0)
     loss = bso_loss(scored.gold, scored.violating, result)
     if nll_weight > 0:
@@ -164,6 +168,81 @@ def test_levers_equal_reference(seed, K, score, gold_kth, nll):
     assert result.violation.any()  # the case has margin terms
     assert_loss_equal(loss.item(), ref_loss)
     assert_grads_equal(g_vec, grads(model, ref_loss))
+
+
+STOP_CASES = [(seed, K, score, cost) for seed in range(4)
+              for K, score, cost in ((2, "logit", "zero_one"), (3, "logit", "sentence_bleu"),
+                                     (4, "log_softmax", "sentence_bleu"), (9, "logit", "sentence_bleu"),
+                                     (9, "log_softmax", "zero_one"))]
+
+
+def stop_model(d, seed, score):
+    """A random model whose </s> logit is raised, so that hypotheses finish early and finished
+    rivals beat the incorrect ones at the gold's last step (in a random model they rarely do)."""
+    model = make_model(d, 20 + seed, layers=1 + seed % 2, bidirectional=seed % 3 == 0, share=False)
+    with torch.no_grad():
+        if score == "log_softmax":  # log-probabilities are smaller than the spread logits
+            for p in model.decoder.parameters():
+                p.mul_(0.5)
+        model.decoder.fc_out.bias[d.eos()] += 2.0 if score == "logit" else 1.0
+    return model
+
+
+def stop_batch(d, seed):
+    """Random sources and golds without an internal </s> (the learning-to-stop step requires it)."""
+    srcs, golds = random_batch(d, random.Random(200 + seed), batch=6)
+    return srcs, [[w for w in g[:-1] if w != d.eos()] + [d.eos()] for g in golds]
+
+
+@pytest.mark.parametrize("seed,K,score,cost", STOP_CASES)
+def test_learning_to_stop_equals_reference(seed, K, score, cost):
+    """The learning-to-stop step (finished hypotheses leave the beam; the best finished one is a
+    last-step rival) against the literal reference, float64: violations, resets, Δ, loss, gradients."""
+    d = make_dict()
+    model = stop_model(d, seed, score)
+    model.train()
+    srcs, golds = stop_batch(d, seed)
+    result, loss = vectorized(model, d, srcs, golds, K, cost, score, stop=True)
+    g_vec = grads(model, loss)
+    ref_loss = 0.0
+    for b, (s, g) in enumerate(zip(srcs, golds)):
+        src, length = torch.tensor([s]), torch.tensor([len(s)])
+        viols, resets, l_b, deltas = reference_bso(model, src, length, g, K, {d.pad(), d.bos()}, list_cost(cost),
+                                                   d.eos(), score=score, stop=True)
+        assert result.violation[b].nonzero().view(-1).tolist() == viols, f"sentence {b}"
+        assert result.reset[b].nonzero().view(-1).tolist() == resets, f"sentence {b}"
+        for t, delta in deltas.items():
+            assert result.delta[b, t].item() == pytest.approx(delta, abs=1e-5), f"sentence {b} step {t}"
+        ref_loss = ref_loss + l_b
+    assert_loss_equal(loss.item(), ref_loss)
+    if torch.is_tensor(ref_loss) and ref_loss.requires_grad:
+        assert_grads_equal(g_vec, grads(model, ref_loss))
+
+
+def test_learning_to_stop_cases_have_finished_rivals():
+    """Some stop case's last-step violation has a finished hypothesis as its rival (else the
+    step's loss term would be untested), and the step changes the search's rivals (finished
+    items leave the beam, so the K-th item differs)."""
+    d = make_dict()
+    finished_rivals = changed = 0
+    for seed, K, score, cost in STOP_CASES:
+        model = stop_model(d, seed, score)
+        srcs, golds = stop_batch(d, seed)
+        with_stop, _ = vectorized(model, d, srcs, golds, K, cost, score, stop=True)
+        without, _ = vectorized(model, d, srcs, golds, K, cost, score, stop=False)
+        steps = torch.arange(with_stop.violation.size(1)).expand_as(with_stop.violation)
+        finished_rivals += int((with_stop.violation & (with_stop.rival_step < steps)).sum())
+        changed += int(not torch.equal(with_stop.rival_scores, without.rival_scores))
+    assert finished_rivals > 0, "no case has a finished rival"
+    assert changed > 0, "the learning-to-stop step never changed a rival"
+
+
+def test_learning_to_stop_refuses_internal_eos():
+    d = make_dict()
+    model = make_model(d, 0)
+    srcs, golds = [[d.index("a"), d.eos()]], [[d.index("b"), d.eos(), d.index("c"), d.eos()]]
+    with pytest.raises(ValueError, match="internal </s>"):
+        vectorized(model, d, srcs, golds, 2, "zero_one", stop=True)
 
 
 def test_gold_kth_rule_changes_the_rival():

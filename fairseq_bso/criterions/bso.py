@@ -19,6 +19,7 @@ import logging
 import math
 from dataclasses import dataclass, field
 
+import torch
 from fairseq.logging import metrics
 from torch.profiler import record_function
 from fairseq.criterions import FairseqCriterion, register_criterion
@@ -57,6 +58,11 @@ class BSOConfig(FairseqDataclass):
         default="previous",
         metadata={"help": "when the gold is exactly the K-th item: self (the paper: the gold is its own rival, "
                           "a zero-gradient violation and a reset) or previous (the rival is the (K-1)-th item)"})
+    bso_learn_to_stop: bool = field(
+        default=False,
+        metadata={"help": "learning to stop (after Ma et al. 2019): a hypothesis ending in </s> before the gold "
+                          "ends leaves the training beam for a finished set, and at the gold's last step the best "
+                          "finished hypothesis is a rival of the gold's final score (see training_search)"})
 
 
 def curriculum_beam_size(epoch: int, start: int, epochs_per_size: int, final: int) -> int:
@@ -67,7 +73,7 @@ def curriculum_beam_size(epoch: int, start: int, epochs_per_size: int, final: in
 @register_criterion("bso", dataclass=BSOConfig)
 class BSOCriterion(FairseqCriterion):
     def __init__(self, task, bso_beam_size=6, bso_cost="zero_one", bso_curriculum_start=2, bso_curriculum_epochs=2,
-                 bso_score="log_softmax", bso_nll_weight=0.0, bso_gold_kth="previous"):
+                 bso_score="log_softmax", bso_nll_weight=0.0, bso_gold_kth="previous", bso_learn_to_stop=False):
         super().__init__(task)
         tgt_dict = task.target_dictionary
         if bso_beam_size < 2:
@@ -91,6 +97,7 @@ class BSOCriterion(FairseqCriterion):
         self.score = str(bso_score)
         self.nll_weight = float(bso_nll_weight)
         self.gold_kth = str(bso_gold_kth)
+        self.stop = bool(bso_learn_to_stop)
         self.final_beam_size = bso_beam_size
         self.curriculum_start = bso_curriculum_start
         self.curriculum_epochs = bso_curriculum_epochs
@@ -144,7 +151,7 @@ class BSOCriterion(FairseqCriterion):
             with record_function("bso.search"):
                 result = bso_search(model, encoder_out, target, self.beam_size, self.pad, self.eos, self.bos,
                                     self.cost, MARGIN, constraint=constraint, src_tokens=net_input["src_tokens"],
-                                    score=self.score, gold_kth=self.gold_kth)
+                                    score=self.score, gold_kth=self.gold_kth, stop=self.stop)
             # the gold and violating paths under autograd
             with record_function("bso.rescore"):
                 scored = rescore(model, encoder_out, target, result, self.pad, self.eos, nll=self.nll_weight > 0)
@@ -169,6 +176,9 @@ class BSOCriterion(FairseqCriterion):
             "bso_beam": self.beam_size * nsentences,
             "bso_margin_loss": margin_loss.data,
         }
+        if self.stop:  # last-step violations whose rival is a finished (shorter) hypothesis
+            steps = torch.arange(target.size(1), device=target.device)
+            logging_output["bso_finished_rivals"] = (result.violation & (result.rival_step < steps)).sum().item()
         if nll is not None:
             logging_output["bso_nll"] = nll.data
         return nonfinite.guard(loss, nsentences, logging_output, model, sample)
@@ -187,6 +197,9 @@ class BSOCriterion(FairseqCriterion):
         metrics.log_scalar("gold_on_beam", total("bso_gold_on_beam") / max(nsentences, 1), nsentences, round=3)
         metrics.log_scalar("bso_beam", total("bso_beam") / max(nsentences, 1), nsentences, round=2)
         metrics.log_scalar("margin_loss", total("bso_margin_loss") / max(nsentences, 1), nsentences, round=3)
+        if any("bso_finished_rivals" in log for log in logging_outputs):
+            metrics.log_scalar("finished_rivals", total("bso_finished_rivals") / max(nsentences, 1), nsentences,
+                               round=3)
         if any("bso_nll" in log for log in logging_outputs):
             ntokens = total("ntokens")
             metrics.log_scalar("nll_loss", total("bso_nll") / max(ntokens, 1) / math.log(2), ntokens, round=3)
