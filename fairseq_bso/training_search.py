@@ -110,6 +110,15 @@ class SearchResult:
     rival_step: Tensor = None  # long: the step of the rival's last token (t, or t' < t for a finished rival)
 
 
+#: Decoder dropout during the two passes:
+#:
+#: * ``off``: the decoder runs without dropout in the search and the re-scoring (the same
+#:   network in both, trivially); the encoder keeps its dropout;
+#: * ``shared``: the decoder keeps its dropout, with masks that the search and the re-scoring
+#:   share (:class:`SharedDropout`), so a detected violation is still a real one.
+DROPOUT = ("off", "shared")
+
+
 @contextmanager
 def deterministic_decoder(decoder: nn.Module):
     """Decoder dropout off, so that the search and the re-scoring see the same network.
@@ -128,6 +137,95 @@ def deterministic_decoder(decoder: nn.Module):
         decoder.train(was_training)
         if need_attn is not None:
             decoder.need_attn = need_attn
+
+
+class SharedDropout:
+    """The ``dropout="shared"`` step: decoder dropout masks shared by the search and the re-scoring.
+
+    Each of the decoder's dropout modules (fairseq's ``FairseqDropout``), at decoder step t and
+    its c-th dropout call within the step, applies one mask per *sentence*, drawn the first time
+    (sentence, t, c) comes up and reused whenever it comes back.  All beam rows of a sentence at
+    step t share the mask, in the search (its live rows) and in the re-scoring (the gold and the
+    violating row), so both passes compute the same scores, as they must (the paper trains with
+    dropout 0.2; its Lua code re-runs the network for the two paths and does not say how masks
+    are shared).  Masks are ``bernoulli(1 − p) / (1 − p)`` from torch's global generator (fairseq
+    seeds it per update), so the decoder sees ordinary inverted dropout.
+
+    Supported decoders: fairseq's ``LSTMDecoder`` (its dropout inputs are batch-first at every
+    incremental step).  The Transformer's attention dropout acts on (rows × heads, …) tensors,
+    which this step does not map to sentences: it is refused with a clear error.
+    """
+
+    def __init__(self, decoder: nn.Module, n_sentences: int):
+        from fairseq.models.lstm import LSTMDecoder
+        from fairseq.modules import FairseqDropout
+
+        if not isinstance(decoder, LSTMDecoder):
+            raise ValueError(f"--bso-dropout shared supports fairseq's LSTMDecoder (batch-first dropout inputs); "
+                             f"{type(decoder).__name__} is not one: use --bso-dropout off")
+        self.decoder = decoder
+        self.modules = [m for m in decoder.modules() if isinstance(m, FairseqDropout) and m.p > 0]
+        self.n_sentences = n_sentences
+        self.masks: dict = {}
+        self.step = 0
+        self.call = 0
+        self.row_sentence: Optional[Tensor] = None
+
+    def begin_step(self, step: int, row_sentence: Tensor) -> None:
+        """Decoder step ``step`` runs rows that belong to the sentences ``row_sentence``."""
+        self.step, self.call, self.row_sentence = step, 0, row_sentence
+
+    def mask(self, key, p: float, like: Tensor) -> Tensor:
+        """The (n_sentences, …) mask of ``key`` = (step, call), drawn on first use."""
+        mask = self.masks.get(key)
+        if mask is None:
+            keep = 1.0 - p
+            mask = like.new_empty((self.n_sentences,) + tuple(like.shape[1:])).bernoulli_(keep).div_(keep)
+            self.masks[key] = mask
+        return mask
+
+    def apply(self, module, x: Tensor, inplace: bool = False) -> Tensor:
+        key = (self.step, self.call)
+        self.call += 1
+        mask = self.mask(key, module.p, x)
+        if mask.shape[1:] != x.shape[1:] or x.size(0) != self.row_sentence.numel():
+            raise RuntimeError(f"shared dropout: call {key} got a {tuple(x.shape)} input for "
+                               f"{self.row_sentence.numel()} rows, mask {tuple(mask.shape)}")
+        return x * mask.index_select(0, self.row_sentence)
+
+    @contextmanager
+    def installed(self):
+        """The decoder in training mode, its dropout modules drawing from this bank."""
+        was_training = self.decoder.training
+        need_attn = getattr(self.decoder, "need_attn", None)
+        self.decoder.train()
+        if need_attn is not None:
+            self.decoder.need_attn = False
+        for m in self.modules:
+            m.forward = lambda x, inplace=False, _m=m: self.apply(_m, x, inplace)
+        try:
+            yield self
+        finally:
+            for m in self.modules:
+                del m.forward  # the class's forward again
+            self.decoder.train(was_training)
+            if need_attn is not None:
+                self.decoder.need_attn = need_attn
+
+
+@contextmanager
+def decoder_dropout(decoder: nn.Module, mode: str, n_sentences: int):
+    """The decoder as both passes must see it (see :data:`DROPOUT`); yields the
+    :class:`SharedDropout` to hand to :func:`bso_search` and :func:`rescore`, or None."""
+    if mode not in DROPOUT:
+        raise ValueError(f"dropout must be one of {DROPOUT}, got {mode!r}")
+    if mode == "off":
+        with deterministic_decoder(decoder):
+            yield None
+        return
+    shared = SharedDropout(decoder, n_sentences)
+    with shared.installed():
+        yield shared
 
 
 def upcast(x: Tensor) -> Tensor:
@@ -151,11 +249,13 @@ def bso_search(
     score: str = "logit",
     gold_kth: str = "self",
     stop: bool = False,
+    dropout: Optional[SharedDropout] = None,
 ) -> SearchResult:
     """Algorithm 1's forward pass for a batch: ``target`` is (B, T), right-padded, ending in ``</s>``.
 
     ``score`` (see :data:`SCORES`), ``gold_kth`` (see :data:`GOLD_KTH`) and ``stop`` (the
-    learning-to-stop step, :func:`finish_hypotheses`) select the levers.
+    learning-to-stop step, :func:`finish_hypotheses`) select the levers; ``dropout`` is the
+    :class:`SharedDropout` bank when the decoder runs with shared dropout masks.
 
     Only the *live* beam items are run through the decoder: one row per sentence
     at the first step and right after a reset (every slot would hold the same gold
@@ -211,6 +311,8 @@ def bso_search(
         n_rows = row_slot.numel()
         # incremental decoders read the last token (and the prefix length): no history needed
         prev = prev_token.unsqueeze(1).expand(n_rows, t + 1)
+        if dropout is not None:
+            dropout.begin_step(t, torch.div(row_slot, K, rounding_mode="floor"))
         with record_function("bso.search.decoder"):
             logits = upcast(decoder(prev, encoder_out=enc, incremental_state=incremental_state)[0][:, -1, :])
         if special is None:
@@ -424,7 +526,7 @@ class Rescored:
 
 
 def rescore(model, encoder_out, target: Tensor, result: SearchResult, pad: int, eos: int,
-            nll: bool = False) -> Rescored:
+            nll: bool = False, dropout: Optional[SharedDropout] = None) -> Rescored:
     """The gold path and the violating path, re-scored under autograd (2 rows per sentence
     with a violation, up to the batch's last violation step).
 
@@ -432,7 +534,8 @@ def rescore(model, encoder_out, target: Tensor, result: SearchResult, pad: int, 
     continues from the gold row's state and the gold token.  With ``result.score ==
     "logit"`` only the two logits the loss needs are computed (rows of the output
     projection, no softmax); with ``"log_softmax"`` the full output layer.  ``nll``
-    also returns the gold path's log-probabilities at every step (the NLL term).
+    also returns the gold path's log-probabilities at every step (the NLL term).  ``dropout``:
+    the search's :class:`SharedDropout` bank (the same masks, sentence by sentence).
     """
     decoder = model.decoder
     B_all, T = target.shape
@@ -473,6 +576,8 @@ def rescore(model, encoder_out, target: Tensor, result: SearchResult, pad: int, 
     for t in range(needed):
         if t in reset_rows:
             decoder.reorder_incremental_state_scripting(incremental_state, reset_rows[t])
+        if dropout is not None:
+            dropout.begin_step(t, keep.repeat(2))
         features = decoder.extract_features(inputs[:, : t + 1], encoder_out=enc, incremental_state=incremental_state)[0]
         features = features[:, -1, :]
         if cumulative:

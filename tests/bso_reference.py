@@ -14,8 +14,12 @@ Levers, as ``fairseq_bso.training_search`` documents them:
 * ``stop=True`` (learning to stop): before the gold's last step, a candidate ending in
   </s> that ranks in the top K leaves the beam for the finished list (emptied at a reset),
   the beam is the top K of the other candidates, and at the last step the rival is the best
-  of the incorrect candidates and the finished list.
+  of the incorrect candidates and the finished list;
+* :func:`reference_dropout`: shared dropout masks (``--bso-dropout shared``) applied to the
+  full-prefix passes, read from the vectorized run's mask bank by (step, call) position.
 """
+
+from contextlib import contextmanager
 
 import torch
 
@@ -101,3 +105,49 @@ def reference_bso(model, src_tokens, src_lengths, gold, beam_size, invalid, cost
             beam = [p for _, p in candidates[:beam_size]]
     loss = sum(loss_terms) if loss_terms else torch.zeros(())
     return violations, resets, loss, deltas
+
+
+@contextmanager
+def reference_dropout(decoder, masks, sentence):
+    """Full-prefix passes of fairseq's ``LSTMDecoder`` with the dropout masks of sentence
+    ``sentence`` from a ``SharedDropout`` bank (``masks[(step, call)]``, one row per sentence).
+
+    A pass over L positions calls dropout in the LSTMDecoder's order: the input embeddings of all
+    L positions at once, then for every position each layer's output and the attention output,
+    then (when the decoder has ``additional_fc``) the final features of all L positions.  An
+    incremental step t makes the same calls for position t alone, numbered 0 (input), 1..n
+    (layers), n + 1 (attention output), n + 2 (``additional_fc``): this maps each call of the
+    full pass to the (t, call) mask the vectorized run drew.
+    """
+    from fairseq.modules import FairseqDropout
+
+    n = len(decoder.layers)
+    has_fc = hasattr(decoder, "additional_fc") and decoder.adaptive_softmax is None
+    state = {"k": 0, "L": None}
+
+    def row(step, call):
+        return masks[(step, call)][sentence : sentence + 1]
+
+    def apply(x, inplace=False):
+        k = state["k"]
+        if k == 0:  # input embeddings (1, L, E)
+            state["L"] = x.size(1)
+            mask = torch.cat([row(j, 0) for j in range(state["L"])], 1)
+        elif k <= state["L"] * (n + 1):  # position j's layer outputs and attention output (1, H)
+            j, c = divmod(k - 1, n + 1)
+            mask = row(j, 1 + c)
+        else:  # additional_fc's output (1, L, D)
+            mask = torch.cat([row(j, n + 2) for j in range(state["L"])], 1)
+        state["k"] = k + 1
+        if state["k"] == 1 + state["L"] * (n + 1) + int(has_fc):  # the pass is over
+            state["k"] = 0
+        return x * mask
+
+    modules = [m for m in decoder.modules() if isinstance(m, FairseqDropout) and m.p > 0]
+    for m in modules:
+        m.forward = apply
+    try:
+        yield
+    finally:
+        for m in modules:
+            del m.forward

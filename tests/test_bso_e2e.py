@@ -63,13 +63,15 @@ def test_bso_lowers_its_loss(bso_run, word_order_bin, nll_checkpoint):
     assert after[0] < before[0], f"BSO loss (violations) at K=4 on the same sentences: NLL start {before}, after BSO {after}"
 
 
-@pytest.mark.parametrize("score", ["logit", "log_softmax"])
-def test_rescored_scores_equal_the_search_with_dropout_on(word_order_bin, nll_checkpoint, score):
+@pytest.mark.parametrize("score,dropout", [("logit", "off"), ("log_softmax", "off"), ("logit", "shared"),
+                                           ("log_softmax", "shared")])
+def test_rescored_scores_equal_the_search_with_dropout_on(word_order_bin, nll_checkpoint, score, dropout):
     """A real training step (model in train mode, dropout 0.3 everywhere): the gold and
     violating scores the re-scoring computes under autograd are the ones the search ranked by, at
-    every violation (float64, so the only differences are summation order)."""
+    every violation (float64, so the only differences are summation order), with the decoder's
+    dropout off in both passes or on with shared masks (--bso-dropout)."""
     from fairseq_bso.costs import COSTS
-    from fairseq_bso.training_search import bso_search, deterministic_decoder, rescore, segment_sums
+    from fairseq_bso.training_search import bso_search, decoder_dropout, rescore, segment_sums
     task, model, _, sample = harness.task_and_valid_batch(nll_checkpoint, word_order_bin)
     model = model.double().train()
     dropouts = [m for m in model.modules() if type(m).__name__ == "FairseqDropout"]
@@ -80,9 +82,10 @@ def test_rescored_scores_equal_the_search_with_dropout_on(word_order_bin, nll_ch
     target, net_input = sample["target"], sample["net_input"]
     torch.manual_seed(3)
     enc = model.encoder(net_input["src_tokens"], src_lengths=net_input["src_lengths"])
-    with deterministic_decoder(model.decoder):
-        result = bso_search(model, enc, target, 4, d.pad(), d.eos(), d.bos(), COSTS["zero_one"], score=score)
-        scored = rescore(model, enc, target, result, d.pad(), d.eos())
+    with decoder_dropout(model.decoder, dropout, target.size(0)) as shared:
+        result = bso_search(model, enc, target, 4, d.pad(), d.eos(), d.bos(), COSTS["zero_one"], score=score,
+                            dropout=shared)
+        scored = rescore(model, enc, target, result, d.pad(), d.eos(), dropout=shared)
     v = result.violation
     assert v.any()
     gold, violating = scored.gold, scored.violating
@@ -127,6 +130,7 @@ def test_generate_with_bso_decoding_scores_finished_hypotheses_by_eos_logit(bso_
     (["--bso-score", "softmax"], "invalid choice: 'softmax'"),
     (["--bso-gold-kth", "next"], "invalid choice: 'next'"),
     (["--bso-nll-weight", "-0.5"], "--bso-nll-weight must be >= 0, got -0.5"),
+    (["--bso-dropout", "on"], "invalid choice: 'on'"),
 ])
 def test_bad_bso_options_fail_before_training(word_order_bin, tmp_path, args, message):
     proc = harness.train(word_order_bin, str(tmp_path), criterion=["--criterion", "bso", *args], check=False)
@@ -160,12 +164,30 @@ def test_learning_to_stop_trains_through_fairseq_train(word_order_bin, nll_check
     assert 0 <= float(stats["finished_rivals"]) <= float(stats["violations"]), line
 
 
+def test_shared_dropout_trains_through_fairseq_train(word_order_bin, nll_checkpoint, tmp_path):
+    """--bso-dropout shared reaches the criterion through fairseq-train (decoder dropout 0.3)."""
+    proc = harness.train(word_order_bin, str(tmp_path), criterion=[*BSO, "--bso-dropout", "shared"], max_epoch=1,
+                         extra=["--finetune-from-model", nll_checkpoint, *TASK, "--decoder-dropout-out", "0.3"])
+    assert re.search(r"\| train \| epoch 001 \|.*violations", proc.stdout), proc.stdout[-2000:]
+
+
 def test_transformer_trains_with_bso(word_order_bin, tmp_path):
     arch = ["--arch", "transformer", "--encoder-layers", "1", "--decoder-layers", "1", "--encoder-embed-dim", "16",
             "--decoder-embed-dim", "16", "--encoder-ffn-embed-dim", "32", "--decoder-ffn-embed-dim", "32",
             "--encoder-attention-heads", "2", "--decoder-attention-heads", "2"]
     proc = harness.train(word_order_bin, str(tmp_path), arch=arch, criterion=BSO, max_epoch=1)
     assert epoch_beams(proc.stdout) == {1: 2.0}
+
+
+def test_shared_dropout_with_a_transformer_is_refused(word_order_bin, tmp_path):
+    arch = ["--arch", "transformer", "--encoder-layers", "1", "--decoder-layers", "1", "--encoder-embed-dim", "16",
+            "--decoder-embed-dim", "16", "--encoder-ffn-embed-dim", "32", "--decoder-ffn-embed-dim", "32",
+            "--encoder-attention-heads", "2", "--decoder-attention-heads", "2"]
+    proc = harness.train(word_order_bin, str(tmp_path), arch=arch, criterion=[*BSO, "--bso-dropout", "shared"],
+                         max_epoch=1, check=False)
+    assert proc.returncode != 0
+    assert "--bso-dropout shared supports fairseq's LSTMDecoder" in proc.stdout
+    assert "num_updates" not in proc.stdout
 
 
 def test_model_without_incremental_decoder_is_refused():

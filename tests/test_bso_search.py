@@ -7,10 +7,10 @@ import torch
 from fairseq.data import Dictionary
 from fairseq.models.lstm import LSTMDecoder, LSTMEncoder, LSTMModel
 
-from bso_reference import reference_bso, reference_nll
+from bso_reference import reference_bso, reference_dropout, reference_nll
 from fairseq_bso.costs import COSTS, segment_bleu
-from fairseq_bso.training_search import (bso_loss, bso_search, deterministic_decoder, gathered_logits, nll_loss,
-                                         rescore)
+from fairseq_bso.training_search import (bso_loss, bso_search, decoder_dropout, deterministic_decoder,
+                                         gathered_logits, nll_loss, rescore)
 
 SYMBOLS = list("abcde")
 
@@ -243,6 +243,85 @@ def test_learning_to_stop_refuses_internal_eos():
     srcs, golds = [[d.index("a"), d.eos()]], [[d.index("b"), d.eos(), d.index("c"), d.eos()]]
     with pytest.raises(ValueError, match="internal </s>"):
         vectorized(model, d, srcs, golds, 2, "zero_one", stop=True)
+
+
+DROPOUT_CASES = [(seed, K, score, out_dim) for seed in range(3)
+                 for K, score, out_dim in ((2, "logit", 8), (3, "log_softmax", 6), (5, "logit", 6))]
+
+
+@pytest.mark.parametrize("seed,K,score,out_dim", DROPOUT_CASES)
+def test_shared_dropout_equals_reference(seed, K, score, out_dim):
+    """--bso-dropout shared: the search and the re-scoring with the decoder's dropout on (p = 0.3,
+    masks shared by sentence and step) against the literal reference run with the same masks
+    (float64): violations, resets, loss, gradients.  ``out_dim`` != hidden size adds the
+    decoder's ``additional_fc`` and its dropout."""
+    d = make_dict()
+    torch.manual_seed(30 + seed)
+    layers = 1 + seed % 2
+    enc = LSTMEncoder(d, embed_dim=8, hidden_size=8, num_layers=layers, dropout_in=0.0, dropout_out=0.0,
+                      padding_idx=d.pad())
+    dec = LSTMDecoder(d, embed_dim=8, hidden_size=8, out_embed_dim=out_dim, num_layers=layers, dropout_in=0.3,
+                      dropout_out=0.3, encoder_output_units=enc.output_units)
+    model = LSTMModel(enc, dec).double()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.mul_(4.0 if score == "logit" else 2.0)
+    model.train()
+    srcs, golds = random_batch(d, random.Random(300 + seed), batch=5)
+    src, lengths, target = left_pad(srcs, d.pad()), torch.tensor([len(x) for x in srcs]), right_pad(golds, d.pad())
+    torch.manual_seed(seed)
+    enc_out = model.encoder(src, src_lengths=lengths)
+    with decoder_dropout(model.decoder, "shared", len(srcs)) as shared:
+        result = bso_search(model, enc_out, target, K, d.pad(), d.eos(), d.bos(), COSTS["zero_one"], score=score,
+                            dropout=shared)
+        scored = rescore(model, enc_out, target, result, d.pad(), d.eos(), dropout=shared)
+    loss = bso_loss(scored.gold, scored.violating, result)
+    g_vec = grads(model, loss)
+    ref_loss = 0.0
+    for b, (s, g) in enumerate(zip(srcs, golds)):
+        with reference_dropout(model.decoder, shared.masks, b):
+            viols, resets, l_b, _ = reference_bso(model, torch.tensor([s]), torch.tensor([len(s)]), g, K,
+                                                  {d.pad(), d.bos()}, list_cost("zero_one"), d.eos(), score=score)
+        assert result.violation[b].nonzero().view(-1).tolist() == viols, f"sentence {b}"
+        assert result.reset[b].nonzero().view(-1).tolist() == resets, f"sentence {b}"
+        ref_loss = ref_loss + l_b
+    assert result.reset.any()
+    assert_loss_equal(loss.item(), ref_loss)
+    assert_grads_equal(g_vec, grads(model, ref_loss))
+
+
+def test_shared_dropout_is_dropout():
+    """The shared masks are real dropout: the loss differs from the dropout-off loss, masks
+    differ across sentences and steps, and their entries are 0 or 1 / (1 − p)."""
+    d = make_dict()
+    torch.manual_seed(0)
+    enc = LSTMEncoder(d, embed_dim=8, hidden_size=8, dropout_in=0.0, dropout_out=0.0, padding_idx=d.pad())
+    dec = LSTMDecoder(d, embed_dim=8, hidden_size=8, out_embed_dim=8, dropout_in=0.3, dropout_out=0.3,
+                      encoder_output_units=enc.output_units)
+    model = LSTMModel(enc, dec).double().train()
+    srcs, golds = random_batch(d, random.Random(7), batch=5)
+    src, lengths, target = left_pad(srcs, d.pad()), torch.tensor([len(x) for x in srcs]), right_pad(golds, d.pad())
+    enc_out = model.encoder(src, src_lengths=lengths)
+    losses = {}
+    for mode in ("off", "shared"):
+        with decoder_dropout(model.decoder, mode, len(srcs)) as shared:
+            result = bso_search(model, enc_out, target, 3, d.pad(), d.eos(), d.bos(), COSTS["zero_one"], dropout=shared)
+            scored = rescore(model, enc_out, target, result, d.pad(), d.eos(), dropout=shared)
+        losses[mode] = bso_loss(scored.gold, scored.violating, result).item()
+        if shared is not None:
+            masks = torch.stack([m for (t, c), m in sorted(shared.masks.items()) if c == 1])  # (steps, B, H)
+            values = set(masks.unique().tolist())
+            assert values <= {0.0, 1 / 0.7} and len(values) == 2, values
+            assert not torch.equal(masks[0, 0], masks[0, 1]) and not torch.equal(masks[0, 0], masks[1, 0])
+    assert losses["off"] != losses["shared"], losses
+    assert model.decoder.training  # the context restores the mode
+
+
+def test_shared_dropout_refuses_other_decoders():
+    d = make_dict()
+    with pytest.raises(ValueError, match="--bso-dropout shared supports fairseq's LSTMDecoder"):
+        with decoder_dropout(make_transformer(d, 0).decoder, "shared", 2):
+            pass
 
 
 def test_gold_kth_rule_changes_the_rival():

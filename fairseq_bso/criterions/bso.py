@@ -27,7 +27,7 @@ from fairseq.dataclass import ChoiceEnum, FairseqDataclass
 from fairseq.models import FairseqIncrementalDecoder
 
 from ..costs import COSTS
-from ..training_search import GOLD_KTH, SCORES, bso_loss, bso_search, deterministic_decoder, nll_loss, rescore
+from ..training_search import DROPOUT, GOLD_KTH, SCORES, bso_loss, bso_search, decoder_dropout, nll_loss, rescore
 from . import nonfinite
 
 logger = logging.getLogger(__name__)
@@ -58,6 +58,11 @@ class BSOConfig(FairseqDataclass):
         default="previous",
         metadata={"help": "when the gold is exactly the K-th item: self (the paper: the gold is its own rival, "
                           "a zero-gradient violation and a reset) or previous (the rival is the (K-1)-th item)"})
+    bso_dropout: ChoiceEnum(list(DROPOUT)) = field(  # type: ignore
+        default="off",
+        metadata={"help": "decoder dropout in the BSO passes: off (the decoder runs without dropout in the search "
+                          "and the re-scoring) or shared (the model's dropout, with masks the two passes share; "
+                          "LSTM decoders)"})
     bso_learn_to_stop: bool = field(
         default=False,
         metadata={"help": "learning to stop (after Ma et al. 2019): a hypothesis ending in </s> before the gold "
@@ -73,7 +78,8 @@ def curriculum_beam_size(epoch: int, start: int, epochs_per_size: int, final: in
 @register_criterion("bso", dataclass=BSOConfig)
 class BSOCriterion(FairseqCriterion):
     def __init__(self, task, bso_beam_size=6, bso_cost="zero_one", bso_curriculum_start=2, bso_curriculum_epochs=2,
-                 bso_score="log_softmax", bso_nll_weight=0.0, bso_gold_kth="previous", bso_learn_to_stop=False):
+                 bso_score="log_softmax", bso_nll_weight=0.0, bso_gold_kth="previous", bso_learn_to_stop=False,
+                 bso_dropout="off"):
         super().__init__(task)
         tgt_dict = task.target_dictionary
         if bso_beam_size < 2:
@@ -98,6 +104,9 @@ class BSOCriterion(FairseqCriterion):
         self.nll_weight = float(bso_nll_weight)
         self.gold_kth = str(bso_gold_kth)
         self.stop = bool(bso_learn_to_stop)
+        if str(bso_dropout) not in DROPOUT:
+            raise ValueError(f"--bso-dropout must be one of {list(DROPOUT)}, got {bso_dropout}")
+        self.dropout = str(bso_dropout)
         self.final_beam_size = bso_beam_size
         self.curriculum_start = bso_curriculum_start
         self.curriculum_epochs = bso_curriculum_epochs
@@ -138,6 +147,9 @@ class BSOCriterion(FairseqCriterion):
             raise ValueError(
                 f"--criterion bso needs an encoder-decoder model with an incremental decoder "
                 f"(fairseq's LSTM or Transformer); {type(model).__name__} has {type(decoder).__name__}")
+        if self.dropout == "shared":
+            from ..training_search import SharedDropout
+            SharedDropout(decoder, 1)  # refuses a decoder it does not support, naming the option
         self._checked_model = True
 
     def forward(self, model, sample, reduce=True):
@@ -146,15 +158,18 @@ class BSOCriterion(FairseqCriterion):
         target = sample["target"]
         encoder_out = model.encoder(net_input["src_tokens"], src_lengths=net_input["src_lengths"])
         constraint = getattr(self.task, "training_constraint", None)
-        with deterministic_decoder(model.decoder):
+        # in training the decoder's dropout is off or shared by both passes; in validation it is off
+        dropout = self.dropout if model.training else "off"
+        with decoder_dropout(model.decoder, dropout, target.size(0)) as shared:
             # Algorithm 1's search, without autograd
             with record_function("bso.search"):
                 result = bso_search(model, encoder_out, target, self.beam_size, self.pad, self.eos, self.bos,
                                     self.cost, MARGIN, constraint=constraint, src_tokens=net_input["src_tokens"],
-                                    score=self.score, gold_kth=self.gold_kth, stop=self.stop)
+                                    score=self.score, gold_kth=self.gold_kth, stop=self.stop, dropout=shared)
             # the gold and violating paths under autograd
             with record_function("bso.rescore"):
-                scored = rescore(model, encoder_out, target, result, self.pad, self.eos, nll=self.nll_weight > 0)
+                scored = rescore(model, encoder_out, target, result, self.pad, self.eos, nll=self.nll_weight > 0,
+                                 dropout=shared)
         margin_loss = bso_loss(scored.gold, scored.violating, result, MARGIN)
         loss = margin_loss
         nll = None
