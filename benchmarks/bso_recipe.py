@@ -63,6 +63,10 @@ ROWS = {
     "bso_log_softmax_kth_previous_stop": (
         [*BSO, "--bso-score", "log_softmax", "--bso-gold-kth", "previous", "--bso-learn-to-stop"], [],
         "the defaults (log-probability score, gold K-th: rival (K-1)-th) + learning to stop"),
+    "bso_dropout": ([*BSO, "--bso-dropout", "shared"], RAW,
+                    "decoder dropout (0.2) on in both passes, masks shared by sentence and step"),
+    "bso_adagrad_reset": ([*BSO, "--optimizer", "adagrad", "--lr", "0.01", "--bso-curriculum-reset-optimizer"], RAW,
+                          "Adagrad at the authors' lr 0.01, accumulators reset when K grows (the authors' code)"),
 }
 
 
@@ -122,7 +126,7 @@ def test_bleu(args, bin_dir, ckpt, decode, name, references):
 def run_row(args, bin_dir, nll_ckpt, name, references):
     train_args, decode, _ = ROWS[name]
     save = os.path.join(args.workdir, name)
-    fairseq_train(args, bin_dir, save, [*train_args, "--lr", str(args.lr), "--max-epoch", str(args.epochs),
+    fairseq_train(args, bin_dir, save, ["--lr", str(args.lr), *train_args, "--max-epoch", str(args.epochs),
                                         "--finetune-from-model", nll_ckpt], decode, epochs=args.epochs)
     best = os.path.join(save, f"checkpoint_best_e{args.epochs}.pt")
     if not os.path.exists(best):  # a row finished before the per-epoch-budget copies

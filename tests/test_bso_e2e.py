@@ -171,6 +171,51 @@ def test_shared_dropout_trains_through_fairseq_train(word_order_bin, nll_checkpo
     assert re.search(r"\| train \| epoch 001 \|.*violations", proc.stdout), proc.stdout[-2000:]
 
 
+def test_curriculum_resets_the_optimizer_when_k_grows(word_order_bin, nll_checkpoint, tmp_path):
+    """--bso-curriculum-reset-optimizer with Adagrad: the state is reset in the epochs where K grows
+    (2 -> 3 -> 4, one epoch each), not in the first, and the run trains."""
+    proc = harness.train(word_order_bin, str(tmp_path), criterion=[*BSO, "--bso-curriculum-reset-optimizer"],
+                         max_epoch=4, extra=["--finetune-from-model", nll_checkpoint, *TASK,
+                                             "--optimizer", "adagrad", "--lr", "0.01"])
+    resets = [int(e) for e in re.findall(r"BSO epoch (\d+): K grew to \d+, optimizer state reset", proc.stdout)]
+    assert resets == [2, 3], proc.stdout[-3000:]
+
+
+def test_reset_optimizer_state_gives_a_fresh_optimizer():
+    """After a reset, Adagrad (eager state) and fairseq's Adam (lazy state) take the same step as a
+    new optimizer would from the same parameters and gradient."""
+    from types import SimpleNamespace
+    from fairseq.optim.adam import FairseqAdam
+    from fairseq.optim.adagrad import Adagrad
+    from fairseq_bso.criterions.bso import reset_optimizer_state
+
+    def stepped(make, reset):
+        torch.manual_seed(0)
+        p = torch.nn.Parameter(torch.randn(4, dtype=torch.float64))
+        opt = make([p])
+        for g in (torch.randn(4, dtype=torch.float64), torch.randn(4, dtype=torch.float64)):
+            p.grad = g
+            opt.step()
+        if reset:
+            reset_optimizer_state(opt)
+        else:
+            opt = make([p])
+        p.grad = torch.full((4,), 0.5, dtype=torch.float64)
+        before = p.detach().clone()
+        opt.step()
+        return p.detach() - before
+
+    makers = {
+        "adagrad": lambda ps: Adagrad(SimpleNamespace(lr=[0.01], weight_decay=0.0), ps),
+        "adam": lambda ps: FairseqAdam(SimpleNamespace(lr=[0.001], adam_betas="(0.9, 0.98)", adam_eps=1e-8,
+                                                       weight_decay=0.0, use_old_adam=False, fp16_adam_stats=False,
+                                                       tpu=False), ps),
+    }
+    for name, make in makers.items():
+        got, want = stepped(make, True), stepped(make, False)
+        assert torch.allclose(got, want, rtol=1e-12, atol=0), f"{name}: step after reset {got} vs fresh {want}"
+
+
 def test_transformer_trains_with_bso(word_order_bin, tmp_path):
     arch = ["--arch", "transformer", "--encoder-layers", "1", "--decoder-layers", "1", "--encoder-embed-dim", "16",
             "--decoder-embed-dim", "16", "--encoder-ffn-embed-dim", "32", "--decoder-ffn-embed-dim", "32",

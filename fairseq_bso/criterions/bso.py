@@ -6,8 +6,15 @@ this module is the fairseq glue: options, the beam-size curriculum, metrics.
 Loss scale.  The loss is summed over violations and sentences of the batch, and
 ``sample_size`` is the number of sentences, so fairseq's update uses the mean
 over sentences (fairseq divides gradients by ``sample_size``).  The paper sums
-over a batch of 64 with Adagrad: to reproduce its step size, multiply its
-learning rate by the batch size (in sentences).
+over a batch of 64; with Adagrad or Adam the scale does not change the step (see
+Optimizer); with SGD multiply the paper's learning rate by the batch size.
+
+Optimizer.  The authors trained BSO with Adagrad and zeroed its accumulators whenever K
+grew (``bso_train.lua``); ``--optimizer adagrad --bso-curriculum-reset-optimizer`` does the
+same (with any optimizer, its state is reset before the first update with the larger K).
+Adagrad's step is invariant to the scale of the gradient, so the paper's summed loss and
+this criterion's mean over sentences need the same learning rate (the authors' default is
+0.01); with plain SGD multiply the paper's learning rate by the batch size.
 
 Curriculum.  The training beam K grows from ``--bso-curriculum-start`` by one
 every ``--bso-curriculum-epochs`` epochs up to ``--bso-beam-size``.  K is derived
@@ -63,11 +70,35 @@ class BSOConfig(FairseqDataclass):
         metadata={"help": "decoder dropout in the BSO passes: off (the decoder runs without dropout in the search "
                           "and the re-scoring) or shared (the model's dropout, with masks the two passes share; "
                           "LSTM decoders)"})
+    bso_curriculum_reset_optimizer: bool = field(
+        default=False,
+        metadata={"help": "reset the optimizer's state (Adagrad's accumulators, Adam's moments) when the "
+                          "curriculum grows K, as the authors' code does for Adagrad"})
     bso_learn_to_stop: bool = field(
         default=False,
         metadata={"help": "learning to stop (after Ma et al. 2019): a hypothesis ending in </s> before the gold "
                           "ends leaves the training beam for a finished set, and at the gold's last step the best "
                           "finished hypothesis is a rival of the gold's final score (see training_search)"})
+
+
+def reset_optimizer_state(optimizer) -> None:
+    """Fresh optimizer state for every parameter: Adagrad's accumulators back to their initial
+    value (torch's Adagrad creates them eagerly), any other optimizer's state dropped (fairseq's
+    Adam and most torch optimizers create it lazily at their next step)."""
+    opt = getattr(optimizer, "optimizer", optimizer)  # fairseq's wrapper holds the torch optimizer
+    for group in opt.param_groups:
+        for p in group["params"]:
+            state = opt.state.get(p)
+            if not state:
+                continue
+            if isinstance(opt, torch.optim.Adagrad):
+                state["sum"].fill_(group.get("initial_accumulator_value", 0.0))
+                if torch.is_tensor(state.get("step")):
+                    state["step"].zero_()
+                else:
+                    state["step"] = 0
+            else:
+                del opt.state[p]
 
 
 def curriculum_beam_size(epoch: int, start: int, epochs_per_size: int, final: int) -> int:
@@ -79,7 +110,7 @@ def curriculum_beam_size(epoch: int, start: int, epochs_per_size: int, final: in
 class BSOCriterion(FairseqCriterion):
     def __init__(self, task, bso_beam_size=6, bso_cost="zero_one", bso_curriculum_start=2, bso_curriculum_epochs=2,
                  bso_score="log_softmax", bso_nll_weight=0.0, bso_gold_kth="previous", bso_learn_to_stop=False,
-                 bso_dropout="off"):
+                 bso_dropout="off", bso_curriculum_reset_optimizer=False):
         super().__init__(task)
         tgt_dict = task.target_dictionary
         if bso_beam_size < 2:
@@ -107,6 +138,8 @@ class BSOCriterion(FairseqCriterion):
         if str(bso_dropout) not in DROPOUT:
             raise ValueError(f"--bso-dropout must be one of {list(DROPOUT)}, got {bso_dropout}")
         self.dropout = str(bso_dropout)
+        self.reset_optimizer_on_growth = bool(bso_curriculum_reset_optimizer)
+        self._reset_pending = False
         self.final_beam_size = bso_beam_size
         self.curriculum_start = bso_curriculum_start
         self.curriculum_epochs = bso_curriculum_epochs
@@ -128,10 +161,25 @@ class BSOCriterion(FairseqCriterion):
             return begin_epoch(epoch, model)
 
         task.begin_epoch = begin_epoch_and_set_beam
+        optimizer_step = task.optimizer_step
+
+        def optimizer_step_after_reset(optimizer, model, update_num):
+            if self._reset_pending:
+                reset_optimizer_state(optimizer)
+                self._reset_pending = False
+                logger.info(f"BSO epoch {self.epoch}: K grew to {self.beam_size}, optimizer state reset "
+                            f"(--bso-curriculum-reset-optimizer)")
+            return optimizer_step(optimizer, model, update_num)
+
+        task.optimizer_step = optimizer_step_after_reset
 
     def set_epoch(self, epoch: int) -> None:
         old = self.beam_size
         self.epoch = epoch
+        # K grows in this epoch (derived from the epoch number, so a resumed run agrees)
+        previous = curriculum_beam_size(epoch - 1, self.curriculum_start, self.curriculum_epochs, self.final_beam_size)
+        if self.reset_optimizer_on_growth and epoch > 1 and self.beam_size > previous:
+            self._reset_pending = True
         if self.beam_size != old or epoch == 1:
             logger.info(f"BSO epoch {epoch}: training beam size K = {self.beam_size}")
 
