@@ -146,10 +146,14 @@ class SharedDropout:
     its c-th dropout call within the step, applies one mask per *sentence*, drawn the first time
     (sentence, t, c) comes up and reused whenever it comes back.  All beam rows of a sentence at
     step t share the mask, in the search (its live rows) and in the re-scoring (the gold and the
-    violating row), so both passes compute the same scores, as they must (the paper trains with
-    dropout 0.2; its Lua code re-runs the network for the two paths and does not say how masks
-    are shared).  Masks are ``bernoulli(1 − p) / (1 − p)`` from torch's global generator (fairseq
-    seeds it per update), so the decoder sees ordinary inverted dropout.
+    violating row), so both passes compute the same scores, as they must.  This is the scheme of
+    the authors' Lua code (``SynchedDropout.lua``, ``bso_train.lua``): one noise tensor per
+    (time step, layer) and batch row, drawn once per minibatch, which the gold pass, the beam
+    (each beam row of a sentence uses its sentence's noise) and the re-run violating pass all
+    read.  Difference: their masks sit between the stacked LSTM layers only; here every dropout
+    module of fairseq's decoder keeps its place (input embeddings, each layer's output, the
+    attention output, ``additional_fc``).  Masks are ``bernoulli(1 − p) / (1 − p)`` from torch's
+    global generator (fairseq seeds it per update), so the decoder sees ordinary inverted dropout.
 
     Supported decoders: fairseq's ``LSTMDecoder`` (its dropout inputs are batch-first at every
     incremental step).  The Transformer's attention dropout acts on (rows × heads, …) tensors,
