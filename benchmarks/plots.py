@@ -83,7 +83,7 @@ def main():
         fig.tight_layout()
         fig.savefig(os.path.join(RESULTS, "pruning.png"), dpi=120)
         print("wrote pruning.png")
-    for name in ("bso_recipe",):
+    for name in ("bso_recipe", "bso_recipe_v2", "bso_recipe_long"):
         rec = load(name)
         if rec:
             learning_curves(plt, rec, f"{name}.png")

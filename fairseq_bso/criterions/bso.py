@@ -161,6 +161,8 @@ class BSOCriterion(FairseqCriterion):
             return begin_epoch(epoch, model)
 
         task.begin_epoch = begin_epoch_and_set_beam
+        if not self.reset_optimizer_on_growth:
+            return
         optimizer_step = task.optimizer_step
 
         def optimizer_step_after_reset(optimizer, model, update_num):
