@@ -22,6 +22,11 @@ Protocol (fixed before the runs):
 
     python3 benchmarks/bso_recipe.py                       # all rows, 2 at a time
     python3 benchmarks/bso_recipe.py --rows seq2seq bso    # some rows
+    python3 benchmarks/bso_recipe.py --epochs 36 --rows seq2seq bso   # the same runs, extended to 36 epochs
+
+A longer budget resumes the same runs (``checkpoint_last.pt``), so the first 12 epochs of a
+36-epoch row are its 12-epoch row; each budget keeps its own best checkpoint
+(``checkpoint_best_e{N}.pt``), selected by valid BLEU within that budget.
 Each stage resumes (a finished run is skipped); results in benchmarks/results/bso_recipe.json.
 """
 
