@@ -74,6 +74,8 @@ ROWS = {
                           "Adagrad at the authors' lr 0.01, accumulators reset when K grows (the authors' code)"),
     "bso_lr3x": ([*BSO, "--lr", "0.0015"], RAW, "the paper's recipe at 3x the learning rate (Adam 1.5e-3): does the "
                                                  "raw-score climb go faster?"),
+    "conbso_lr3x": ([*BSO, "--lr", "0.0015"], [*RAW, "--constraint", "word_order"],
+                    "bso_lr3x with the word_order constraint in training and decoding (ConBSO)"),
 }
 
 

@@ -40,7 +40,27 @@ def beam_table(name, title, methods):
         print()
 
 
+def recipe_table(name, title):
+    """One row per lever of a bso_recipe results file: best epoch, valid BLEU, test BLEU under the
+    row's own decoding (and the other decoding for BSO rows)."""
+    results = load(name)
+    if not results:
+        return
+    print(f"{title}\n")
+    print("| row | lever | decoding | best epoch | valid | test 1 / 5 / 10 | other decoding 1 / 5 / 10 |")
+    print("|---|---|---|---|---|---|---|")
+    for row_name, row in results.items():
+        if not isinstance(row, dict) or "test" not in row or row_name == "nll_baseline":
+            continue
+        other = row.get("test_other_decoding")
+        print(f"| {row_name} | {row['lever']} | {' '.join(row['decoding'])} | {row['best_epoch']} | "
+              f"{row['best_valid_bleu']:.2f} | {beams(row['test'])} | {beams(other) if other else '–'} |")
+    print()
+
+
 def main():
+    recipe_table("bso_recipe_v2", "**BSO levers, 12 extra epochs** (`bso_recipe_v2.json`)")
+    recipe_table("bso_recipe_long", "**BSO levers, 36 extra epochs** (`bso_recipe_long.json`)")
     beam_table("word_ordering", "**Word ordering** (kjv, BLEU at test beams 1 / 5 / 10; talk: PTB)",
                ("seq2seq", "bso", "conbso"))
     beam_table("translation", "**Translation** (l10n-de-en, detokenized BLEU at test beams 1 / 5 / 10; talk: "
