@@ -60,7 +60,7 @@ def recipe_table(name, title):
 
 def main():
     recipe_table("bso_recipe_v2", "**BSO levers, 12 extra epochs** (`bso_recipe_v2.json`)")
-    recipe_table("bso_recipe_long", "**BSO levers, 36 extra epochs** (`bso_recipe_long.json`)")
+    recipe_table("bso_recipe_long", "**BSO levers, the longer budget** (`bso_recipe_long.json`: 30 extra epochs this session)")
     beam_table("word_ordering", "**Word ordering** (kjv, BLEU at test beams 1 / 5 / 10; talk: PTB)",
                ("seq2seq", "bso", "conbso"))
     beam_table("translation", "**Translation** (l10n-de-en, detokenized BLEU at test beams 1 / 5 / 10; talk: "
