@@ -120,15 +120,12 @@ DROPOUT = ("off", "shared")
 
 
 @contextmanager
-def deterministic_decoder(decoder: nn.Module):
-    """Decoder dropout off, so that the search and the re-scoring see the same network.
-
-    The encoder keeps its dropout: it runs once, and both passes share its output.
-    LSTM attention weights (returned in eval mode) are not needed here.
-    """
+def decoder_mode(decoder: nn.Module, training: bool):
+    """The decoder in training or eval mode, without attention weights (not needed here);
+    both restored afterwards."""
     was_training = decoder.training
     need_attn = getattr(decoder, "need_attn", None)
-    decoder.eval()
+    decoder.train(training)
     if need_attn is not None:
         decoder.need_attn = False
     try:
@@ -137,6 +134,17 @@ def deterministic_decoder(decoder: nn.Module):
         decoder.train(was_training)
         if need_attn is not None:
             decoder.need_attn = need_attn
+
+
+@contextmanager
+def deterministic_decoder(decoder: nn.Module):
+    """Decoder dropout off, so that the search and the re-scoring see the same network.
+
+    The encoder keeps its dropout: it runs once, and both passes share its output.
+    LSTM attention weights (returned in eval mode) are not needed here.
+    """
+    with decoder_mode(decoder, training=False):
+        yield
 
 
 class SharedDropout:
@@ -200,21 +208,14 @@ class SharedDropout:
     @contextmanager
     def installed(self):
         """The decoder in training mode, its dropout modules drawing from this bank."""
-        was_training = self.decoder.training
-        need_attn = getattr(self.decoder, "need_attn", None)
-        self.decoder.train()
-        if need_attn is not None:
-            self.decoder.need_attn = False
-        for m in self.modules:
-            m.forward = lambda x, inplace=False, _m=m: self.apply(_m, x, inplace)
-        try:
-            yield self
-        finally:
+        with decoder_mode(self.decoder, training=True):
             for m in self.modules:
-                del m.forward  # the class's forward again
-            self.decoder.train(was_training)
-            if need_attn is not None:
-                self.decoder.need_attn = need_attn
+                m.forward = lambda x, inplace=False, _m=m: self.apply(_m, x, inplace)
+            try:
+                yield self
+            finally:
+                for m in self.modules:
+                    del m.forward  # the class's forward again
 
 
 @contextmanager
@@ -293,11 +294,12 @@ def bso_search(
         raise ValueError(f"gold_kth must be one of {GOLD_KTH}, got {gold_kth!r}")
     cumulative = score == "log_softmax"
     row_prefix_score = None  # log_softmax: each row's prefix score S(ŷ_{1:t-1})
-    internal_eos = target.eq(eos) & (torch.arange(T, device=device) < last_step.unsqueeze(1))
-    if stop and internal_eos.any():
-        b = int(internal_eos.any(1).nonzero()[0])
-        raise ValueError(f"the learning-to-stop step needs targets whose only </s> is the last token; "
-                         f"target row {b} has an internal </s> (a literal '</s>' word in the data?)")
+    if stop:
+        internal_eos = target.eq(eos) & (torch.arange(T, device=device) < last_step.unsqueeze(1))
+        if internal_eos.any():
+            b = int(internal_eos.any(1).nonzero()[0])
+            raise ValueError(f"the learning-to-stop step needs targets whose only </s> is the last token; "
+                             f"target row {b} has an internal </s> (a literal '</s>' word in the data?)")
 
     back_slot = target.new_zeros(B, T, K)  # parent slot (at t-1) of the item in slot k after step t
     back_token = target.new_zeros(B, T, K)  # its last token
@@ -482,11 +484,9 @@ def segment_costs(violation: Tensor, segment_start: Tensor, violating_tokens: Te
     steps = torch.arange(T, device=target.device).unsqueeze(0)
     start = segment_start[b_idx, t_idx].unsqueeze(1)
     gold_mask = (steps >= start) & (steps <= t_idx.unsqueeze(1))
-    if rival_step is None or torch.equal(rival_step[b_idx, t_idx], t_idx):
-        delta[b_idx, t_idx] = cost(violating_tokens[b_idx], target[b_idx], gold_mask).to(delta.dtype)
-    else:
-        mask = (steps >= start) & (steps <= rival_step[b_idx, t_idx].unsqueeze(1))
-        delta[b_idx, t_idx] = cost(violating_tokens[b_idx], target[b_idx], mask, gold_mask).to(delta.dtype)
+    end = t_idx if rival_step is None else rival_step[b_idx, t_idx]
+    mask = (steps >= start) & (steps <= end.unsqueeze(1))
+    delta[b_idx, t_idx] = cost(violating_tokens[b_idx], target[b_idx], mask, gold_mask).to(delta.dtype)
     return delta
 
 
@@ -576,12 +576,13 @@ def rescore(model, encoder_out, target: Tensor, result: SearchResult, pad: int, 
     if nll:
         needed = T
     cumulative = result.score == "log_softmax"
+    row_sentence = keep.repeat(2)  # the sentence of each re-scored row (shared dropout masks)
     scores, gold_lprobs = [], []
     for t in range(needed):
         if t in reset_rows:
             decoder.reorder_incremental_state_scripting(incremental_state, reset_rows[t])
         if dropout is not None:
-            dropout.begin_step(t, keep.repeat(2))
+            dropout.begin_step(t, row_sentence)
         features = decoder.extract_features(inputs[:, : t + 1], encoder_out=enc, incremental_state=incremental_state)[0]
         features = features[:, -1, :]
         if cumulative:
