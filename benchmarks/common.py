@@ -9,7 +9,8 @@ import time
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 SHARED = os.path.abspath(os.path.join(ROOT, "..", "shared", "data"))
-WORK = os.path.join(ROOT, "runs", "benchmarks")
+# models and logs; FAIRSEQ_BSO_BENCH_DIR puts them elsewhere (e.g. outside the work tree for long runs)
+WORK = os.environ.get("FAIRSEQ_BSO_BENCH_DIR", os.path.join(ROOT, "runs", "benchmarks"))
 RESULTS = os.path.join(HERE, "results")
 sys.path.insert(0, ROOT)
 

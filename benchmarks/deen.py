@@ -5,10 +5,12 @@ Every model is trained once into runs/benchmarks/deen/<name> and reused; a finis
 ``done`` marker, an unfinished one resumes from its checkpoint_last.pt when the benchmark is rerun.
 """
 
+import json
 import os
 import re
 import statistics
 import sys
+import time
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")  # one thread per process: speeds are per thread, and two
 os.environ.setdefault("MKL_NUM_THREADS", "1")  # benchmark streams can share the 2 cores without thrashing
@@ -41,6 +43,8 @@ STUDENT = ["--arch", "lstm", "--encoder-bidirectional", "--encoder-embed-dim", "
            "128", "--decoder-embed-dim", "128", "--decoder-hidden-size", "128", "--decoder-out-embed-dim", "128",
            "--encoder-layers", "1", "--decoder-layers", "1", "--dropout", "0.1",
            "--share-decoder-input-output-embed"]
+# The small student of the size/speed table: a quarter of the teacher's width.
+STUDENT_SMALL = [("64" if x in ("128",) else x) for x in STUDENT]
 
 
 def data():
@@ -49,23 +53,64 @@ def data():
     return bin_dir, read_lines(os.path.join(os.path.dirname(bin_dir), "test.en"))
 
 
-def train(name, bin_dir, epochs, model, args, max_tokens=4000):
+def train(name, bin_dir, epochs, model, args, max_tokens=4000, valid_beam=None, patience=3):
+    """fairseq-train into DIR/name; skipped when its ``done`` marker exists, resumed otherwise.
+
+    Without ``valid_beam``: ``epochs`` epochs, returns checkpoint_last.pt.  With ``valid_beam`` (training to
+    convergence): validation BLEU after every epoch (fairseq's ``--eval-bleu``, detokenized sacrebleu, the
+    model decoded with that beam, as it will be tested), training stops when it has not improved for
+    ``patience`` epochs (``--patience``) or after ``epochs`` epochs (a cap), returns checkpoint_best.pt (the
+    best valid BLEU).  ``run_info(name)`` reads the learning curve, epochs and wall time from the log."""
     save_dir = os.path.join(DIR, name)
-    ckpt = os.path.join(save_dir, "checkpoint_last.pt")
+    ckpt = os.path.join(save_dir, "checkpoint_last.pt" if valid_beam is None else "checkpoint_best.pt")
     if os.path.exists(os.path.join(save_dir, "done")):
         demo.log(f"{name}: exists ({ckpt})")
         return ckpt
+    converge = [] if valid_beam is None else [
+        "--eval-bleu", "--eval-bleu-remove-bpe", "sentencepiece",
+        "--eval-bleu-args", json.dumps({"beam": valid_beam, "max_len_a": 1.5, "max_len_b": 10}),
+        "--best-checkpoint-metric", "bleu", "--maximize-best-checkpoint-metric", "--patience", str(patience)]
+    log_args = ["--log-format", "json", "--log-interval", "100", "--no-progress-bar"]
+    started = time.time()
     demo.run(["fairseq-train", bin_dir, "--user-dir", user_dir(), *model, *COMMON, *LIMITS, *args,
               "--optimizer", "adam", "--clip-norm", "5", "--max-tokens", str(max_tokens),
-              "--max-epoch", str(epochs), "--save-dir", save_dir, "--no-epoch-checkpoints",
-              "--log-format", "simple", "--log-interval", "100", "--no-progress-bar"],
-             save_dir + ".log", demo.train_progress)
-    open(os.path.join(save_dir, "done"), "w").close()
+              "--max-epoch", str(epochs), "--save-dir", save_dir, "--no-epoch-checkpoints", *converge, *log_args],
+             save_dir + f".{int(started)}.log", demo.train_progress)
+    with open(os.path.join(save_dir, "done"), "w") as f:
+        f.write(json.dumps({"wall_seconds_last_invocation": round(time.time() - started, 1)}) + "\n")
     return ckpt
 
 
-def teacher(bin_dir, epochs=8):
-    return train("teacher", bin_dir, epochs, TEACHER, ["--criterion", "cross_entropy", "--lr", "0.002"])
+def run_info(name):
+    """Learning curve [(epoch, valid BLEU)], epochs trained, best epoch and training wall seconds of a run,
+    from its json logs (a resumed run has several; the later value of an epoch wins)."""
+    import glob
+    curve, epochs, wall = {}, 0, 0.0
+    for path in sorted(glob.glob(os.path.join(DIR, name + ".*.log"))):
+        file_wall = 0.0  # fairseq's wall meter: seconds since this invocation started
+        with open(path) as f:
+            for line in f:
+                for kind in ("valid", "train"):
+                    if f"| {kind} | {{" in line:
+                        stats = json.loads(line.split(f"| {kind} | ", 1)[1])
+                        epochs = max(epochs, int(stats["epoch"]))
+                        file_wall = max(file_wall, float(stats.get(f"{kind}_wall", 0)))
+                        if kind == "valid" and "valid_bleu" in stats:
+                            curve[int(stats["epoch"])] = float(stats["valid_bleu"])
+        wall += file_wall
+    curve = sorted(curve.items())
+    info = {"epochs": epochs, "train_wall_seconds": round(wall, 1)}
+    if curve:
+        info.update(valid_bleu_curve=curve, best_epoch=max(curve, key=lambda e: e[1])[0],
+                    best_valid_bleu=max(v for _, v in curve))
+    return info
+
+
+def teacher(bin_dir, epochs=40, patience=3):
+    """The teacher (and the translation benchmark's NLL baseline), trained to convergence: valid BLEU at
+    beam 5 (its decoding) after every epoch, stopped after ``patience`` epochs without a gain, best checkpoint."""
+    return train("teacher", bin_dir, epochs, TEACHER, ["--criterion", "cross_entropy", "--lr", "0.002"],
+                 valid_beam=5, patience=patience)
 
 
 def generate(bin_dir, ckpt, beam, log_name, extra=(), subset="test", batch=("--max-tokens", "6000")):

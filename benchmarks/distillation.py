@@ -56,67 +56,105 @@ def seq_kd_throughput(bin_dir, teacher, repeats):
             "ratio_median": round(statistics.median(ratios), 3), "ratios": [round(x, 3) for x in ratios]}
 
 
-STUDENTS = ("student", "word_kd", "seq_kd", "seq_inter")
+STUDENTS = ("student", "word_kd", "seq_kd", "seq_inter", "seq_kd_small")
+
+
+def student_dir(name, args):
+    """The model folder of a student; a Seq-Inter corpus from a beam other than 5 gets its own."""
+    if name == "student":
+        return "student"
+    if name == "seq_inter" and args.inter_beam != 5:
+        return f"student_seq_inter_b{args.inter_beam}"
+    return f"student_{name}"
 
 
 def student(name, bin_dir, teacher, args):
-    """One student (smaller batches than the teacher's: more updates in few epochs); builds its corpus first."""
+    """One student trained to convergence (valid BLEU greedy, its decoding; smaller batches than the
+    teacher's); builds its distillation corpus first."""
     nll = ["--criterion", "cross_entropy", "--lr", "0.002"]
-    if name == "seq_kd":
+    model = deen.STUDENT
+    if name in ("seq_kd", "seq_kd_small"):
         data, crit = corpus(bin_dir, teacher, "kd_beam", ["--beam", "5"]), nll
+        model = deen.STUDENT_SMALL if name == "seq_kd_small" else deen.STUDENT
     elif name == "seq_inter":
-        data, crit = corpus(bin_dir, teacher, "kd_inter", ["--beam", str(args.inter_beam), "--nbest",
-                                                           str(args.inter_beam), "--kd-selection", "seq_inter"]), nll
+        inter = "kd_inter" if args.inter_beam == 5 else f"kd_inter_b{args.inter_beam}"
+        data, crit = corpus(bin_dir, teacher, inter, ["--beam", str(args.inter_beam), "--nbest",
+                                                      str(args.inter_beam), "--kd-selection", "seq_inter"]), nll
     elif name == "word_kd":
         data, crit = bin_dir, ["--criterion", "word_kd", "--kd-teacher-path", teacher, "--kd-alpha",
                                str(args.kd_alpha), "--lr", "0.002"]
     else:
         data, crit = bin_dir, nll
-    return deen.train("student" if name == "student" else f"student_{name}", data, args.student_epochs,
-                      deen.STUDENT, crit, max_tokens=2000)
+    return deen.train(student_dir(name, args), data, args.student_epochs, model, crit, max_tokens=2000,
+                      valid_beam=1, patience=args.patience)
+
+
+def params_of(ckpt):
+    import torch
+
+    tensors = torch.load(ckpt, map_location="cpu")["model"].values()
+    return sum(t.numel() for t in {(t.data_ptr(), t.shape): t for t in tensors}.values())  # tied: once
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--teacher-epochs", type=int, default=8)
-    parser.add_argument("--student-epochs", type=int, default=4)
+    parser.add_argument("--teacher-epochs", type=int, default=40, help="cap; training stops at --teacher-patience")
+    parser.add_argument("--teacher-patience", type=int, default=3,
+                        help="epochs without a valid BLEU gain (beam 5) before the teacher stops")
+    parser.add_argument("--student-epochs", type=int, default=40, help="cap; training stops at --patience")
+    parser.add_argument("--patience", type=int, default=2,
+                        help="epochs without a valid BLEU gain (greedy) before a student stops")
     parser.add_argument("--kd-alpha", type=float, default=0.5)
-    parser.add_argument("--inter-beam", type=int, default=5)
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--inter-beam", type=int, default=5,
+                        help="beam and n-best of the Seq-Inter corpus (the paper used 35)")
     parser.add_argument("--only-student", choices=STUDENTS,
                         help="train just this student and stop (to train students in parallel processes)")
+    parser.add_argument("--report", action="store_true",
+                        help="train nothing: write the results file from the finished models (others are listed "
+                             "as missing)")
+    parser.add_argument("--throughput", action="store_true",
+                        help="also time seq_kd against plain fairseq-generate (paired runs; a quiet machine)")
+    parser.add_argument("--repeats", type=int, default=3, help="paired runs of --throughput")
     args = parser.parse_args()
     started = time.time()
     bin_dir, refs = deen.data()
-    teacher = deen.teacher(bin_dir, args.teacher_epochs)
-    if args.only_student:
-        student(args.only_student, bin_dir, teacher, args)
+    if args.only_student == "student":  # the baseline student does not need the teacher
+        student("student", bin_dir, None, args)
         return
-    students = {name: student(name, bin_dir, teacher, args) for name in STUDENTS}
-    import torch
-    ckpts = {"teacher": teacher, **students}
+    if args.report:
+        ckpts = {"teacher": os.path.join(deen.DIR, "teacher", "checkpoint_best.pt")}
+        ckpts.update({n: os.path.join(deen.DIR, student_dir(n, args), "checkpoint_best.pt") for n in STUDENTS})
+        missing = [n for n in ckpts if not os.path.exists(os.path.join(os.path.dirname(ckpts[n]), "done"))]
+        ckpts = {n: c for n, c in ckpts.items() if n not in missing}
+        if "teacher" in missing:
+            raise SystemExit(f"no finished teacher in {deen.DIR}/teacher")
+    else:
+        teacher = deen.teacher(bin_dir, args.teacher_epochs, args.teacher_patience)
+        if args.only_student:
+            student(args.only_student, bin_dir, teacher, args)
+            return
+        ckpts = {"teacher": teacher, **{name: student(name, bin_dir, teacher, args) for name in STUDENTS}}
+        missing = []
     rows = {}
     for name, ckpt in ckpts.items():
         bleu, outputs = deen.bleu(bin_dir, ckpt, name, refs, [1, 5])
-        tensors = torch.load(ckpt, map_location="cpu")["model"].values()
-        params = sum(t.numel() for t in {(t.data_ptr(), t.shape): t for t in tensors}.values())  # tied: once
-        rows[name] = {"bleu_greedy": bleu["1"], "bleu_beam5": bleu["5"], "params": params,
-                      "greedy_mass_percent": deen.greedy_mass(outputs["1"])}
-    # decoding speed, one thread: the teacher with beam 5, the students greedily; batched and one sentence a time
-    for name, ckpt in ckpts.items():
-        beam = 5 if name == "teacher" else 1
-        rows[name]["words_per_sec"] = deen.words_per_sec(bin_dir, ckpt, beam, name, args.repeats)
-        rows[name]["words_per_sec_batch1"] = deen.words_per_sec(bin_dir, ckpt, beam, f"{name}.bs1", 1,
-                                                                batch=("--batch-size", "1"))
-        demo.log(f"{name}: {rows[name]}")
-    for name in students:
-        for key in ("words_per_sec", "words_per_sec_batch1"):
-            suffix = "" if key == "words_per_sec" else "_batch1"
-            rows[name][f"speedup_vs_teacher_beam5{suffix}"] = round(rows[name][key] / rows["teacher"][key], 2)
+        info = deen.run_info("teacher" if name == "teacher" else student_dir(name, args))
+        rows[name] = {"bleu_greedy": bleu["1"], "bleu_beam5": bleu["5"], "params": params_of(ckpt),
+                      "greedy_mass_percent": deen.greedy_mass(outputs["1"]), **info}
+        demo.log(f"{name}: {dict((k, v) for k, v in rows[name].items() if k != 'valid_bleu_curve')}")
     results = dict(rows)
-    throughput = seq_kd_throughput(bin_dir, teacher, args.repeats)
-    results["generation_throughput_ratio"] = throughput["ratio_median"]
-    results["generation_throughput"] = throughput
+    if "seq_kd" in rows:
+        results["targets"] = {
+            "seq_kd_greedy_minus_student_greedy": round(rows["seq_kd"]["bleu_greedy"] - rows["student"]["bleu_greedy"],
+                                                        2) if "student" in rows else None,
+            "seq_kd_greedy_minus_teacher_beam5": round(rows["seq_kd"]["bleu_greedy"] - rows["teacher"]["bleu_beam5"],
+                                                       2)}
+    results["missing"] = missing
+    results["speed"] = "benchmarks/results/decode_speed.json (benchmarks/decode_speed.py, paired, quiet machine)"
+    if args.throughput:
+        throughput = seq_kd_throughput(bin_dir, ckpts["teacher"], args.repeats)
+        results["generation_throughput_ratio"] = throughput["ratio_median"]
+        results["generation_throughput"] = throughput
     print(results)
     write_results("distillation", results, started, settings=args)
 

@@ -61,6 +61,22 @@ def learning_curves(plt, results, out):
     print(f"wrote {out}")
 
 
+def convergence_curves(plt, rows, title, out):
+    """Valid BLEU per epoch of runs trained to convergence (deen.run_info's curves), best epoch marked."""
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for name, row in rows.items():
+        epochs, bleu = zip(*row["valid_bleu_curve"])
+        line, = ax.plot(epochs, bleu, marker=".", label=f"{name} (best ep {row['best_epoch']})")
+        ax.plot([row["best_epoch"]], [row["best_valid_bleu"]], marker="o", color=line.get_color())
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("valid BLEU")
+    ax.set_title(title, fontsize=9)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(os.path.join(RESULTS, out), dpi=120)
+    print(f"wrote {out}")
+
+
 def main():
     import matplotlib
     matplotlib.use("Agg")
@@ -72,14 +88,27 @@ def main():
     tr = load("translation")
     if tr:
         bleu_vs_beam(plt, tr, ["pretrained", "seq2seq", "bso"], "de→en (l10n)", "translation.png")
+    ds = load("distillation")
     pr = load("pruning")
-    if pr:
-        ratios = sorted(pr["bleu"], key=int)
+    if ds:
+        convergence_curves(plt, {n: r for n, r in ds.items() if isinstance(r, dict) and "valid_bleu_curve" in r},
+                           "Distillation: valid BLEU per epoch (teacher beam 5, students greedy)",
+                           "distillation.png")
+    if pr and "rows" in pr:
+        convergence_curves(plt, pr["rows"], "Pruned Seq-KD students retrained: valid BLEU (greedy)",
+                           "pruning_curves.png")
+        blind = sorted((r for r in pr["rows"].values() if r["scheme"] == "class-blind"),
+                       key=lambda r: r["ratio_percent"])
         fig, ax = plt.subplots(figsize=(5, 3.5))
-        ax.plot([int(r) for r in ratios], [pr["bleu"][r] for r in ratios], marker="o")
-        ax.set_xlabel("weights pruned (%), class-blind, retrained")
-        ax.set_ylabel("BLEU (beam 5)")
+        for key, label in (("bleu_greedy", "greedy"), ("bleu_beam5", "beam 5")):
+            ax.plot([r["ratio_percent"] for r in blind], [r[key] for r in blind], marker="o", label=label)
+        for r in pr["rows"].values():
+            if r["scheme"] != "class-blind":
+                ax.plot([r["ratio_percent"]], [r["bleu_greedy"]], marker="x", ls="", label=f"{r['scheme']} greedy")
+        ax.set_xlabel("weights pruned (%), retrained to convergence")
+        ax.set_ylabel("test BLEU")
         ax.set_title("Seq-KD student: BLEU vs sparsity")
+        ax.legend(fontsize=7)
         fig.tight_layout()
         fig.savefig(os.path.join(RESULTS, "pruning.png"), dpi=120)
         print("wrote pruning.png")

@@ -1,14 +1,19 @@
 #!/usr/bin/env python3
 """Magnitude pruning of the Seq-KD student (the talk's pruning table at CPU scale) and the callback's cost.
 
-The Seq-KD student of ``benchmarks/distillation.py`` is pruned class-blind to 0, 50, 80, 85 and 90% and
-retrained ``--retrain-epochs`` epochs with the masks fixed (``--task constrained_beam_training
---prune-ratio r``, lower learning rate; the 0% row gets the same retraining, so every row has seen the same
-updates).  Reports detokenized BLEU at beam 5, non-zero parameters and the size on disk of the stock export
-and of its sparse copy (``fairseq-bso-prune export --sparse``).
+The converged Seq-KD student of ``benchmarks/distillation.py`` (its best checkpoint) is pruned one-shot at
+the start of retraining and retrained with the masks fixed until validation BLEU (greedy, the student's
+decoding) has not improved for ``--patience`` epochs (``--task constrained_beam_training --prune-ratio r``,
+``--eval-bleu``, ``--patience``; lower learning rate; best checkpoint).  Rows (``--rows``): class-blind 0%
+(the same retraining without pruning: the dense reference), 80% and 90%, class-uniform and
+class-distribution at 80% (See et al.'s schemes; classes as in ``fairseq_bso.pruning``: each module's
+weight matrices, attention one class).  Reports detokenized BLEU greedy and beam 5, what each row loses
+against the 0% row, non-zero parameters and the size on disk of the stock export and of its sparse copy
+(``fairseq-bso-prune export --sparse``), epochs and wall time.
 
-Overhead: median time of a training step (forward, backward, Adam) of the student on real batches with and
-without the pruning callback's gradient/weight masking, alternating in one process (``--rounds`` rounds).
+``--overhead``: median time of a training step (forward, backward, Adam) of the student on real batches with
+and without the pruning callback's gradient/weight masking, alternating in one process (``--rounds`` rounds;
+a quiet machine).
 
     python3 benchmarks/pruning.py        # writes benchmarks/results/pruning.json
 """
@@ -23,7 +28,7 @@ import deen
 from common import valid_batches, write_results
 from deen import demo
 
-RATIOS = [0, 50, 80, 85, 90]
+ROWS = ["class-blind:0", "class-blind:80", "class-blind:90", "class-uniform:80", "class-distribution:80"]
 
 
 def step_overhead(bin_dir, ckpt, rounds, batches=4):
@@ -61,8 +66,14 @@ def step_overhead(bin_dir, ckpt, rounds, batches=4):
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--retrain-epochs", type=int, default=1)
+    parser.add_argument("--rows", nargs="+", default=ROWS, metavar="SCHEME:PERCENT",
+                        help=f"pruning scheme and ratio per row (default: {' '.join(ROWS)})")
+    parser.add_argument("--retrain-epochs", type=int, default=20, help="cap; retraining stops at --patience")
+    parser.add_argument("--patience", type=int, default=2, help="epochs without a valid BLEU (greedy) gain")
     parser.add_argument("--retrain-lr", type=float, default=0.0005)
+    parser.add_argument("--only", metavar="SCHEME:PERCENT", help="retrain just this row and stop (parallel runs)")
+    parser.add_argument("--report", action="store_true", help="train nothing: report the finished rows")
+    parser.add_argument("--overhead", action="store_true", help="also time the callback (quiet machine)")
     parser.add_argument("--rounds", type=int, default=7)
     parser.add_argument("--schedule", choices=["one-shot", "gradual"], default="one-shot",
                         help="gradual: cubic ramp from update 0 to --end-update within the retraining")
@@ -75,35 +86,57 @@ def main():
     if not os.path.exists(os.path.join(student_dir, "done")):
         raise SystemExit("run benchmarks/distillation.py first: pruning starts from its Seq-KD student "
                          f"({student_dir})")
-    student = os.path.join(student_dir, "checkpoint_last.pt")
+    student = os.path.join(student_dir, "checkpoint_best.pt")
     kd_bin = os.path.join(deen.DIR, "kd_beam", "bin")
-    results = {"bleu": {}, "nonzero_params": {}, "export_bytes": {}, "sparse_export_bytes": {}}
-    for ratio in RATIOS:
-        name = f"pruned{ratio}{args.tag}"
-        ckpt = deen.train(name, kd_bin, args.retrain_epochs, deen.STUDENT,
-                          ["--task", "constrained_beam_training", "--criterion", "cross_entropy",
-                           "--lr", str(args.retrain_lr), "--finetune-from-model", student,
-                           "--prune-ratio", str(ratio / 100), "--prune-scheme", "class-blind",
-                           "--prune-schedule", args.schedule,
-                           *(["--prune-end-update", str(args.end_update), "--prune-frequency", "10"]
-                             if args.schedule == "gradual" else [])])
-        bleu, _ = deen.bleu(bin_dir, ckpt, name, refs, [5])
-        results["bleu"][str(ratio)] = bleu["5"]
+    rows = [args.only] if args.only else args.rows
+    for row in rows:
+        scheme, _, percent = row.partition(":")
+        if scheme not in ("class-blind", "class-uniform", "class-distribution") or not percent.isdigit():
+            parser.error(f"--rows/--only: {row!r} is not SCHEME:PERCENT (e.g. class-blind:80)")
+    results, missing = {}, []
+    for row in rows:
+        scheme, _, percent = row.partition(":")
+        name = f"pruned_{scheme}_{percent}{args.tag}"
+        if args.report:
+            ckpt = os.path.join(deen.DIR, name, "checkpoint_best.pt")
+            if not os.path.exists(os.path.join(deen.DIR, name, "done")):
+                missing.append(row)
+                continue
+        else:
+            ckpt = deen.train(name, kd_bin, args.retrain_epochs, deen.STUDENT,
+                              ["--task", "constrained_beam_training", "--criterion", "cross_entropy",
+                               "--lr", str(args.retrain_lr), "--finetune-from-model", student,
+                               "--prune-ratio", str(int(percent) / 100), "--prune-scheme", scheme,
+                               "--prune-schedule", args.schedule,
+                               *(["--prune-end-update", str(args.end_update), "--prune-frequency", "10"]
+                                 if args.schedule == "gradual" else [])],
+                              max_tokens=2000, valid_beam=1, patience=args.patience)
+        if args.only:
+            return
+        bleu, _ = deen.bleu(bin_dir, ckpt, name, refs, [1, 5])
         stats = demo.run(["fairseq-bso-prune", "stats", ckpt], os.path.join(deen.DIR, f"{name}.stats"))
         nonzero = int(re.search(r"all parameters \(biases included\): ([\d,]+) non-zero", stats).group(1)
                       .replace(",", ""))
-        results["nonzero_params"][str(ratio)] = nonzero
         out = demo.run(["fairseq-bso-prune", "export", ckpt, os.path.join(deen.DIR, f"{name}.export.pt"),
                         "--sparse", os.path.join(deen.DIR, f"{name}.export.sparse")],
                        os.path.join(deen.DIR, f"{name}.export.log"))
         dense, sparse = (int(x.replace(",", "")) for x in re.findall(r": ([\d,]+) bytes", out))
-        results["export_bytes"][str(ratio)] = dense
-        results["sparse_export_bytes"][str(ratio)] = sparse
-        demo.log(f"{ratio}%: BLEU {bleu['5']}, {nonzero:,} non-zero, export {dense:,} B, sparse {sparse:,} B")
-    results["bleu_lost"] = {k: round(results["bleu"]["0"] - v, 2) for k, v in results["bleu"].items()}
-    overhead = step_overhead(bin_dir, student, args.rounds)
-    results["overhead_ratio"] = overhead["overhead_ratio"]
-    results["overhead"] = overhead
+        results[row] = {"scheme": scheme, "ratio_percent": int(percent), "bleu_greedy": bleu["1"],
+                        "bleu_beam5": bleu["5"], "nonzero_params": nonzero, "export_bytes": dense,
+                        "sparse_export_bytes": sparse, **deen.run_info(name)}
+        demo.log(f"{row}: BLEU {bleu}, {nonzero:,} non-zero, export {dense:,} B, sparse {sparse:,} B")
+    dense_row = results.get("class-blind:0")
+    if dense_row:
+        for r in results.values():
+            r["bleu_lost_greedy"] = round(dense_row["bleu_greedy"] - r["bleu_greedy"], 2)
+            r["bleu_lost_beam5"] = round(dense_row["bleu_beam5"] - r["bleu_beam5"], 2)
+    unpruned, _ = deen.bleu(bin_dir, student, "student_seq_kd", refs, [1, 5])
+    results = {"rows": results, "missing": missing,
+               "seq_kd_student_before_retraining": {"bleu_greedy": unpruned["1"], "bleu_beam5": unpruned["5"]}}
+    if args.overhead:
+        overhead = step_overhead(bin_dir, student, args.rounds)
+        results["overhead_ratio"] = overhead["overhead_ratio"]
+        results["overhead"] = overhead
     print(results)
     write_results(f"pruning{args.tag}", results, started, settings=args)
 

@@ -66,24 +66,41 @@ def main():
     beam_table("translation", "**Translation** (l10n-de-en, detokenized BLEU at test beams 1 / 5 / 10; talk: "
                "IWSLT14 de-en)", ("pretrained", "seq2seq", "bso"))
     ds = load("distillation")
+    speed = load("decode_speed")
     if ds:
-        print("**Distillation** (l10n-de-en; BLEU greedy / beam 5; source words/s on one thread: teacher at beam 5,"
-              " students greedy; talk: WMT14 en→de)\n")
-        print("| model | BLEU here | talk | params | words/s | × teacher | mass on greedy |\n|---|---|---|---|---|---|---|")
-        for m in ("teacher", "student", "word_kd", "seq_kd", "seq_inter"):
-            r = ds[m]
-            print(f"| {m} | {r['bleu_greedy']:.2f} / {r['bleu_beam5']:.2f} | {TALK['distillation'][m]} | "
-                  f"{r['params'] / 1e6:.2f}M | {r['words_per_sec']:.0f} | {r.get('speedup_vs_teacher_beam5', 1.0):.1f} | "
+        print("**Distillation** (l10n-de-en, each model trained until valid BLEU stopped improving; test BLEU "
+              "greedy / beam 5; talk: WMT14 en→de)\n")
+        print("| model | BLEU here | talk | best epoch / epochs | params | mass on greedy |\n|---|---|---|---|---|---|")
+        for m in ("teacher", "student", "word_kd", "seq_kd", "seq_inter", "seq_kd_small"):
+            r = ds.get(m)
+            if not r:
+                continue
+            print(f"| {m} | {r['bleu_greedy']:.2f} / {r['bleu_beam5']:.2f} | {TALK['distillation'].get(m, '–')} | "
+                  f"{r.get('best_epoch', '–')} / {r.get('epochs', '–')} | {r['params'] / 1e6:.2f}M | "
                   f"{r['greedy_mass_percent']:.1f}% |")
-        print(f"\n`seq_kd` corpus generation vs plain `fairseq-generate`: {ds['generation_throughput_ratio']:.3f}×\n")
+        print()
+    if speed:
+        print("**Decoding speed** (`decode_speed.json`: source words/s on one thread, teacher at beam 5, "
+              "students greedy; median of paired rounds)\n")
+        print("| model | params | batch 1: words/s | × teacher | batched: words/s | × teacher |\n|---|---|---|---|---|---|")
+        for m, info in speed["models"].items():
+            b1, bb = speed["batch1"][m], speed["batched"][m]
+            print(f"| {m} | {info['params'] / 1e6:.2f}M | {b1['words_per_sec']:.0f} | "
+                  f"{b1.get('speedup_vs_teacher', 1.0):.1f} | {bb['words_per_sec']:.0f} | "
+                  f"{bb.get('speedup_vs_teacher', 1.0):.1f} |")
+        print()
     pr = load("pruning")
-    if pr:
-        print("**Pruning** the Seq-KD student (class-blind, retrained; BLEU at beam 5)\n")
-        print("| pruned | BLEU | talk | non-zero params | export | sparse copy |\n|---|---|---|---|---|---|")
-        for r in ("0", "50", "80", "85", "90"):
-            print(f"| {r}% | {pr['bleu'][r]:.2f} | {TALK['pruning'][r]} | {pr['nonzero_params'][r]:,} | "
-                  f"{pr['export_bytes'][r] / 2**20:.1f} MiB | {pr['sparse_export_bytes'][r] / 2**20:.1f} MiB |")
-        print(f"\nCallback step-time overhead: {pr['overhead_ratio']:.3f}×\n")
+    if pr and "rows" in pr:
+        print("**Pruning** the converged Seq-KD student, retrained until valid BLEU stopped improving (test BLEU "
+              "greedy / beam 5)\n")
+        print("| scheme | pruned | BLEU | lost vs 0% (greedy / beam 5) | best epoch / epochs | non-zero params | "
+              "sparse copy |\n|---|---|---|---|---|---|---|")
+        for r in pr["rows"].values():
+            print(f"| {r['scheme']} | {r['ratio_percent']}% | {r['bleu_greedy']:.2f} / {r['bleu_beam5']:.2f} | "
+                  f"{r.get('bleu_lost_greedy', 0):.2f} / {r.get('bleu_lost_beam5', 0):.2f} | "
+                  f"{r.get('best_epoch', '–')} / {r.get('epochs', '–')} | {r['nonzero_params']:,} | "
+                  f"{r['sparse_export_bytes'] / 2**20:.1f} MiB |")
+        print(f"\nTalk (class-blind, beam 5): {', '.join(f'{k}% {v}' for k, v in TALK['pruning'].items())}\n")
     sp = load("bso_speed")
     if sp:
         print("**BSO training cost** (time per update and peak memory rise vs NLL, same batches)\n")
