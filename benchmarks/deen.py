@@ -59,8 +59,9 @@ def train(name, bin_dir, epochs, model, args, max_tokens=4000, valid_beam=None, 
     Without ``valid_beam``: ``epochs`` epochs, returns checkpoint_last.pt.  With ``valid_beam`` (training to
     convergence): validation BLEU after every epoch (fairseq's ``--eval-bleu``, detokenized sacrebleu, the
     model decoded with that beam, as it will be tested), training stops when it has not improved for
-    ``patience`` epochs (``--patience``) or after ``epochs`` epochs (a cap), returns checkpoint_best.pt (the
-    best valid BLEU).  ``run_info(name)`` reads the learning curve, epochs and wall time from the log."""
+    ``patience`` epochs (``--patience``; ``None``: never early) or after ``epochs`` epochs (a cap), returns
+    checkpoint_best.pt (the best valid BLEU).  ``run_info(name)`` reads the learning curve, epochs and wall
+    time from the logs."""
     save_dir = os.path.join(DIR, name)
     ckpt = os.path.join(save_dir, "checkpoint_last.pt" if valid_beam is None else "checkpoint_best.pt")
     if os.path.exists(os.path.join(save_dir, "done")):
@@ -69,7 +70,8 @@ def train(name, bin_dir, epochs, model, args, max_tokens=4000, valid_beam=None, 
     converge = [] if valid_beam is None else [
         "--eval-bleu", "--eval-bleu-remove-bpe", "sentencepiece",
         "--eval-bleu-args", json.dumps({"beam": valid_beam, "max_len_a": 1.5, "max_len_b": 10}),
-        "--best-checkpoint-metric", "bleu", "--maximize-best-checkpoint-metric", "--patience", str(patience)]
+        "--best-checkpoint-metric", "bleu", "--maximize-best-checkpoint-metric",
+        *([] if patience is None else ["--patience", str(patience)])]
     log_args = ["--log-format", "json", "--log-interval", "100", "--no-progress-bar"]
     started = time.time()
     demo.run(["fairseq-train", bin_dir, "--user-dir", user_dir(), *model, *COMMON, *LIMITS, *args,

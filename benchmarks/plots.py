@@ -23,8 +23,9 @@ def bleu_vs_beam(plt, results, methods, title, out):
     fig, ax = plt.subplots(figsize=(5, 3.5))
     for name in methods:
         if name in results:
-            beams = sorted(results[name], key=int)
-            ax.plot([int(b) for b in beams], [results[name][b] for b in beams], marker="o", label=name)
+            row = results[name].get("test", results[name])  # newer files nest the test BLEU under "test"
+            beams = sorted(row, key=int)
+            ax.plot([int(b) for b in beams], [row[b] for b in beams], marker="o", label=name)
     ax.set_xlabel("test beam size")
     ax.set_ylabel("BLEU")
     ax.set_title(title)
@@ -87,7 +88,12 @@ def main():
         bleu_vs_beam(plt, wo, ["seq2seq", "bso", "conbso"], "Word ordering (kjv)", "word_ordering.png")
     tr = load("translation")
     if tr:
-        bleu_vs_beam(plt, tr, ["pretrained", "seq2seq", "bso"], "de→en (l10n)", "translation.png")
+        bleu_vs_beam(plt, tr, ["pretrained", "seq2seq", "bso", "bso_stop", "bso_log_softmax"], "de→en (l10n)",
+                     "translation.png")
+        rows = {n: r for n, r in tr.items() if isinstance(r, dict) and "valid_bleu_curve" in r and n != "nll_baseline"}
+        if rows:
+            convergence_curves(plt, rows, "de→en: valid BLEU (beam 5, own decoding) per extra epoch",
+                               "translation_curves.png")
     ds = load("distillation")
     pr = load("pruning")
     if ds:

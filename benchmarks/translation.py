@@ -1,46 +1,85 @@
 #!/usr/bin/env python3
-"""Translation on l10n-de-en (de→en): seq2seq vs BSO with SB-Δ, from the same pretrained model.
+"""Translation on l10n-de-en (de→en): continued NLL vs BSO with SB-Δ, from the same converged NLL model.
 
-Both rows start from the teacher of ``benchmarks/deen.py`` (NLL-pretrained) and get the same number of
-extra epochs: the seq2seq row continues NLL training (same learning rate as BSO's fine-tuning), the BSO row
-trains with ``--criterion bso --bso-cost sentence_bleu`` (beam curriculum up to ``--bso-beam-size``) and is
-decoded with BSO scores (``--bso-decoding``).  Detokenized sacrebleu BLEU at test beams 1, 5, 10.
+Question: fine-tuned from the same converged NLL model for the same number of extra epochs, does a BSO
+model, decoded as it was trained, beat continued NLL at test beam 5 (by 1 BLEU) and gain from the beam?
 
-    python3 benchmarks/translation.py        # writes benchmarks/results/translation.json
+Protocol (fixed before the runs):
+
+* data: l10n-de-en, joint sentencepiece 4k (``deen.data``); model: the teacher of ``benchmarks/deen.py``
+  (1-layer bi-LSTM 256, LSTM decoder 256, dropout 0.2), seed 1, one thread per run;
+* NLL baseline: the teacher, trained until validation BLEU (beam 5) has not improved for 3 epochs; its best
+  checkpoint;
+* every row starts from it (``--finetune-from-model``) and trains ``--extra-epochs`` more epochs (no early
+  stop: equal budget) with Adam; valid BLEU at beam 5 under the row's own decoding after every epoch (the
+  learning curve); the checkpoint with the best valid BLEU; detokenized sacrebleu test BLEU at beams 1/5/10;
+* rows (``--rows``): ``seq2seq`` (token NLL, lr 5e-4), ``bso`` (the paper: raw-logit score, SB-Δ, curriculum
+  2 → 6 one epoch per K, Adam 1.5e-3 — the learning rate at which the raw-score climb reached continued NLL
+  on word ordering, ``bso_recipe_long.json``; ``--bso-decoding``), ``bso_stop`` (+ ``--bso-learn-to-stop``),
+  ``bso_log_softmax`` (the defaults: prefix log-probability score, gold K-th → (K−1)-th; fairseq's standard
+  beam).
+
+    python3 benchmarks/translation.py                          # all rows, one after another
+    python3 benchmarks/translation.py --only bso               # train one row (parallel processes)
+    python3 benchmarks/translation.py --report                 # results from the finished rows
+
+Each run resumes (``checkpoint_last.pt``); results in benchmarks/results/translation.json.
 """
 
 import argparse
+import os
 import time
 
 import deen
 from common import write_results
 
+BSO = ["--task", "constrained_beam_training", "--criterion", "bso", "--bso-cost", "sentence_bleu",
+       "--bso-beam-size", "6", "--bso-curriculum-start", "2", "--bso-curriculum-epochs", "1"]
+RAW = ["--bso-score", "logit", "--bso-gold-kth", "self"]
+# name: (training options, decoding options)
+ROWS = {
+    "seq2seq": (["--criterion", "cross_entropy", "--lr", "0.0005"], []),
+    "bso": ([*BSO, *RAW, "--lr", "0.0015"], ["--task", "constrained_beam_training", "--bso-decoding"]),
+    "bso_stop": ([*BSO, *RAW, "--lr", "0.0015", "--bso-learn-to-stop"],
+                 ["--task", "constrained_beam_training", "--bso-decoding"]),
+    "bso_log_softmax": ([*BSO, "--bso-score", "log_softmax", "--bso-gold-kth", "previous", "--lr", "0.0005"],
+                        ["--task", "constrained_beam_training"]),
+}
+
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--teacher-epochs", type=int, default=8)
-    parser.add_argument("--extra-epochs", type=int, default=1)
-    parser.add_argument("--lr", type=float, default=0.0005)
-    parser.add_argument("--bso-beam-size", type=int, default=5)
+    parser.add_argument("--extra-epochs", type=int, default=8)
+    parser.add_argument("--rows", nargs="+", choices=list(ROWS), default=list(ROWS))
+    parser.add_argument("--only", choices=list(ROWS), help="train just this row and stop")
+    parser.add_argument("--report", action="store_true", help="train nothing: report the finished rows")
     parser.add_argument("--beams", type=int, nargs="+", default=[1, 5, 10])
     args = parser.parse_args()
     started = time.time()
     bin_dir, refs = deen.data()
-    pretrained = deen.teacher(bin_dir, args.teacher_epochs)
-    common = ["--finetune-from-model", pretrained, "--lr", str(args.lr)]
-    nll = deen.train("seq2seq_continued", bin_dir, args.extra_epochs, deen.TEACHER,
-                     ["--criterion", "cross_entropy", *common])
-    bso = deen.train("bso_sbleu", bin_dir, args.extra_epochs, deen.TEACHER,
-                     ["--task", "constrained_beam_training", "--criterion", "bso", "--bso-cost", "sentence_bleu",
-                      "--bso-beam-size", str(args.bso_beam_size),
-                      "--bso-curriculum-start", str(max(2, args.bso_beam_size - args.extra_epochs + 1)),
-                      "--bso-curriculum-epochs", "1", *common], max_tokens=2000)
-    results = {}
-    results["pretrained"], _ = deen.bleu(bin_dir, pretrained, "pretrained", refs, args.beams)
-    results["seq2seq"], _ = deen.bleu(bin_dir, nll, "seq2seq_continued", refs, args.beams)
-    results["bso"], _ = deen.bleu(bin_dir, bso, "bso_sbleu", refs, args.beams,
-                                  extra=["--task", "constrained_beam_training", "--bso-decoding"])
-    results["bso_minus_seq2seq_beam5"] = round(results["bso"]["5"] - results["seq2seq"]["5"], 2)
+    pretrained = os.path.join(deen.DIR, "teacher", "checkpoint_best.pt")
+    if not os.path.exists(os.path.join(deen.DIR, "teacher", "done")):
+        pretrained = deen.teacher(bin_dir)
+    results, missing = {"nll_baseline": deen.run_info("teacher")}, []
+    for name in [args.only] if args.only else args.rows:
+        train, decode = ROWS[name]
+        run = f"translation_{name}_e{args.extra_epochs}"
+        if args.report:
+            if not os.path.exists(os.path.join(deen.DIR, run, "done")):
+                missing.append(name)
+                continue
+            ckpt = os.path.join(deen.DIR, run, "checkpoint_best.pt")
+        else:
+            ckpt = deen.train(run, bin_dir, args.extra_epochs, deen.TEACHER,
+                              ["--finetune-from-model", pretrained, *train, *decode],
+                              max_tokens=2000 if "bso" in train else 4000, valid_beam=5, patience=None)
+        if args.only:
+            return
+        test, _ = deen.bleu(bin_dir, ckpt, run, refs, args.beams, extra=decode)
+        results[name] = {"train": train, "decoding": decode, "test": test, **deen.run_info(run)}
+    if "seq2seq" in results and "bso" in results:
+        results["bso_minus_seq2seq_beam5"] = round(results["bso"]["test"]["5"] - results["seq2seq"]["test"]["5"], 2)
+    results["missing"] = missing
     print(results)
     write_results("translation", results, started, settings=args)
 
