@@ -12,7 +12,9 @@ median over rounds of (teacher seconds / student seconds).  Two settings:
 * batched (``--max-tokens`` source tokens per batch, length-sorted as fairseq batches), the first
   ``--batched-sentences`` test sentences (all 1,255 by default).
 
-Source words/s count the raw German words of the sentences decoded.  Run it on a quiet machine (nothing else
+Source words/s count the raw German words of the sentences decoded; ``ms_per_decoder_step`` divides the time
+by the search's steps (per batch, its longest output), which shows whether model size or the generator's
+per-step work sets the speed.  Run it on a quiet machine (nothing else
 running); the results file says so only if ``--quiet-machine`` is given.
 
     python3 benchmarks/decode_speed.py teacher=DIR/teacher/checkpoint_best.pt student=... [--rounds 5]
@@ -95,21 +97,27 @@ def main():
     for setting, samples in settings.items():
         n_words = sum(words[i] for s in samples for i in s["id"].tolist())
         seconds = {name: [] for name in names}
+        steps = {}  # decoder steps of the search (the longest hypothesis per batch, </s> included)
         for r in range(args.rounds + 1):  # round 0 warms up
             order = names[r % len(names):] + names[:r % len(names)]
             for name in order:
                 t0 = time.perf_counter()
+                n_steps = 0
                 with torch.no_grad():
                     for sample in samples:
-                        generators[name].generate([models[name][0]], sample)
+                        hyps = generators[name].generate([models[name][0]], sample)
+                        n_steps += max(len(h[0]["tokens"]) for h in hyps)
                 if r > 0:
                     seconds[name].append(time.perf_counter() - t0)
+                steps[name] = n_steps
             deen.demo.log(f"{setting} round {r}: " + ", ".join(f"{n} {seconds[n][-1]:.2f}s" for n in names
                                                                if seconds[n]))
         entry = {"sentences": sum(len(s["id"]) for s in samples), "source_words": n_words}
         for name in names:
             entry[name] = {"seconds_median": round(statistics.median(seconds[name]), 3),
-                           "words_per_sec": round(n_words / statistics.median(seconds[name]), 1)}
+                           "words_per_sec": round(n_words / statistics.median(seconds[name]), 1),
+                           "decoder_steps": steps[name],
+                           "ms_per_decoder_step": round(1000 * statistics.median(seconds[name]) / steps[name], 3)}
             if name != teacher_name:
                 ratios = [t / s for t, s in zip(seconds[teacher_name], seconds[name])]
                 entry[name]["speedup_vs_teacher"] = round(statistics.median(ratios), 2)
