@@ -115,37 +115,30 @@ def teacher(bin_dir, epochs=40, patience=3):
                  valid_beam=5, patience=patience)
 
 
-def generate(bin_dir, ckpt, beam, log_name, extra=(), subset="test", batch=("--max-tokens", "6000")):
+def generate(bin_dir, ckpt, beam, log_name, extra=(), subset="test", batch=("--max-tokens", "6000"), cache=False):
+    """fairseq-generate's output; with ``cache``, a complete earlier log newer than the checkpoint is reused."""
+    log = os.path.join(DIR, f"gen.{log_name}.beam{beam}.log")
+    if cache and os.path.exists(log) and os.path.getmtime(log) > os.path.getmtime(ckpt):
+        with open(log, encoding="utf-8") as f:
+            text = f.read()
+        if generation_speed(text):
+            demo.log(f"{log_name}: beam {beam}: reusing {log}")
+            return text
     return demo.run(["fairseq-generate", bin_dir, "--user-dir", user_dir(), "--path", ckpt, *COMMON, *NO_LIMITS,
                      "--gen-subset", subset, "--beam", str(beam), "--nbest", "1", *batch,
-                     "--max-len-a", "1.5", "--max-len-b", "10", "--post-process", "sentencepiece", *extra],
-                    os.path.join(DIR, f"gen.{log_name}.beam{beam}.log"))
+                     "--max-len-a", "1.5", "--max-len-b", "10", "--post-process", "sentencepiece", *extra], log)
 
 
 def bleu(bin_dir, ckpt, name, references, beams, extra=()):
     """Detokenized sacrebleu BLEU (13a) per test beam, from fairseq-generate's D- lines; and the outputs."""
     scores, outputs = {}, {}
     for beam in beams:
-        out = generate(bin_dir, ckpt, beam, name, extra)
+        out = generate(bin_dir, ckpt, beam, name, extra, cache=True)
         scores[str(beam)] = round(corpus_bleu(parse_hypotheses(out, len(references), detok=True), references,
                                               tokenized=False), 2)
         outputs[str(beam)] = out
         demo.log(f"{name}: beam {beam}: BLEU {scores[str(beam)]}")
     return scores, outputs
-
-
-def source_words(bin_dir):
-    with open(os.path.join(os.path.dirname(bin_dir), "test.de"), encoding="utf-8") as f:
-        return sum(len(line.split()) for line in f)
-
-
-def words_per_sec(bin_dir, ckpt, beam, name, repeats, batch=("--max-tokens", "6000")):
-    """Median source words/s (raw German words) of fairseq-generate's search on the test set, one thread."""
-    rates = []
-    for r in range(repeats):
-        s = generation_speed(generate(bin_dir, ckpt, beam, f"{name}.speed{r}", batch=batch))
-        rates.append(source_words(bin_dir) * s["sentences"] / 1255 / s["seconds"])
-    return round(statistics.median(rates), 1)
 
 
 def greedy_mass(output: str) -> float:
