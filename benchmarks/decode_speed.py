@@ -97,7 +97,7 @@ def main():
     for setting, samples in settings.items():
         n_words = sum(words[i] for s in samples for i in s["id"].tolist())
         seconds = {name: [] for name in names}
-        steps = {}  # decoder steps of the search (the longest hypothesis per batch, </s> included)
+        steps = {}  # decoder steps of the search (the longest finished hypothesis per batch, </s> included)
         for r in range(args.rounds + 1):  # round 0 warms up
             order = names[r % len(names):] + names[:r % len(names)]
             for name in order:
@@ -106,7 +106,7 @@ def main():
                 with torch.no_grad():
                     for sample in samples:
                         hyps = generators[name].generate([models[name][0]], sample)
-                        n_steps += max(len(h[0]["tokens"]) for h in hyps)
+                        n_steps += max(len(x["tokens"]) for h in hyps for x in h)
                 if r > 0:
                     seconds[name].append(time.perf_counter() - t0)
                 steps[name] = n_steps

@@ -60,12 +60,26 @@ def train(name, bin_dir, epochs, model, args, max_tokens=4000, valid_beam=None, 
     convergence): validation BLEU after every epoch (fairseq's ``--eval-bleu``, detokenized sacrebleu, the
     model decoded with that beam, as it will be tested), training stops when it has not improved for
     ``patience`` epochs (``--patience``; ``None``: never early) or after ``epochs`` epochs (a cap), returns
-    checkpoint_best.pt (the best valid BLEU).  ``run_info(name)`` reads the learning curve, epochs and wall
-    time from the logs."""
+    checkpoint_best.pt (the best valid BLEU).  ``run_info(name)`` reads the learning curve, epochs, wall
+    time and how the run ended from the logs.  Validation differs from the test decoding in one way: it keeps
+    training's ``LIMITS`` (pairs longer than 64 subwords are skipped, outputs stop at 64 tokens), so valid
+    BLEU is measured on 1,214 of the 1,230 valid pairs."""
     save_dir = os.path.join(DIR, name)
     ckpt = os.path.join(save_dir, "checkpoint_last.pt" if valid_beam is None else "checkpoint_best.pt")
-    if os.path.exists(os.path.join(save_dir, "done")):
+    done = os.path.join(save_dir, "done")
+    if os.path.exists(done):
         demo.log(f"{name}: exists ({ckpt})")
+        return ckpt
+    settings = {"epochs_cap": epochs, "patience": patience, "valid_beam": valid_beam}
+    info = run_info(name)
+    if valid_beam is not None and patience is not None and info.get("best_epoch") is not None \
+            and info["epochs"] - info["best_epoch"] >= patience:
+        # an interrupted run that had already gone ``patience`` epochs without a gain: fairseq's own
+        # early-stopping counter restarts in a new process, so resuming would train it longer than a run
+        # that was never interrupted
+        demo.log(f"{name}: no valid BLEU gain in the {patience} epochs after epoch {info['best_epoch']}: done")
+        with open(done, "w") as f:
+            f.write(json.dumps({**settings, "stopped": "patience (found on resume)"}) + "\n")
         return ckpt
     converge = [] if valid_beam is None else [
         "--eval-bleu", "--eval-bleu-remove-bpe", "sentencepiece",
@@ -78,8 +92,8 @@ def train(name, bin_dir, epochs, model, args, max_tokens=4000, valid_beam=None, 
               "--optimizer", "adam", "--clip-norm", "5", "--max-tokens", str(max_tokens),
               "--max-epoch", str(epochs), "--save-dir", save_dir, "--no-epoch-checkpoints", *converge, *log_args],
              save_dir + f".{int(started)}.log", demo.train_progress)
-    with open(os.path.join(save_dir, "done"), "w") as f:
-        f.write(json.dumps({"wall_seconds_last_invocation": round(time.time() - started, 1)}) + "\n")
+    with open(done, "w") as f:
+        f.write(json.dumps({**settings, "wall_seconds_last_invocation": round(time.time() - started, 1)}) + "\n")
     return ckpt
 
 
@@ -87,11 +101,12 @@ def run_info(name):
     """Learning curve [(epoch, valid BLEU)], epochs trained, best epoch and training wall seconds of a run,
     from its json logs (a resumed run has several; the later value of an epoch wins)."""
     import glob
-    curve, epochs, wall = {}, 0, 0.0
+    curve, epochs, wall, early = {}, 0, 0.0, False
     for path in sorted(glob.glob(os.path.join(DIR, name + ".*.log"))):
         file_wall = 0.0  # fairseq's wall meter: seconds since this invocation started
         with open(path) as f:
             for line in f:
+                early = early or "early stop since valid performance hasn't improved" in line
                 for kind in ("valid", "train"):
                     if f"| {kind} | {{" in line:
                         stats = json.loads(line.split(f"| {kind} | ", 1)[1])
@@ -101,7 +116,19 @@ def run_info(name):
                             curve[int(stats["epoch"])] = float(stats["valid_bleu"])
         wall += file_wall
     curve = sorted(curve.items())
-    info = {"epochs": epochs, "train_wall_seconds": round(wall, 1)}
+    done = os.path.join(DIR, name, "done")
+    marker = {}
+    if os.path.exists(done):
+        with open(done) as f:
+            text = f.read().strip()
+        marker = json.loads(text) if text.startswith("{") else {}
+    # how the run ended: "patience" (no valid BLEU gain for --patience epochs), "epoch cap" (stopped by
+    # --max-epoch, possibly still improving), or "unfinished"
+    stopped = ("patience" if early or str(marker.get("stopped", "")).startswith("patience")
+               else "epoch cap" if os.path.exists(done) else "unfinished")
+    info = {"epochs": epochs, "train_wall_seconds": round(wall, 1), "stopped": stopped}
+    if "epochs_cap" in marker:
+        info["epochs_cap"] = marker["epochs_cap"]
     if curve:
         info.update(valid_bleu_curve=curve, best_epoch=max(curve, key=lambda e: e[1])[0],
                     best_valid_bleu=max(v for _, v in curve))
@@ -116,17 +143,24 @@ def teacher(bin_dir, epochs=40, patience=3):
 
 
 def generate(bin_dir, ckpt, beam, log_name, extra=(), subset="test", batch=("--max-tokens", "6000"), cache=False):
-    """fairseq-generate's output; with ``cache``, a complete earlier log newer than the checkpoint is reused."""
+    """fairseq-generate's output; with ``cache``, an earlier complete log of the same command (kept beside it
+    as ``.cmd``) written after the checkpoint is reused."""
     log = os.path.join(DIR, f"gen.{log_name}.beam{beam}.log")
-    if cache and os.path.exists(log) and os.path.getmtime(log) > os.path.getmtime(ckpt):
+    cmd = ["fairseq-generate", bin_dir, "--user-dir", user_dir(), "--path", ckpt, *COMMON, *NO_LIMITS,
+           "--gen-subset", subset, "--beam", str(beam), "--nbest", "1", *batch,
+           "--max-len-a", "1.5", "--max-len-b", "10", "--post-process", "sentencepiece", *extra]
+    if cache and os.path.exists(log + ".cmd") and os.path.getmtime(log) > os.path.getmtime(ckpt):
+        with open(log + ".cmd", encoding="utf-8") as f:
+            same = json.load(f) == cmd
         with open(log, encoding="utf-8") as f:
             text = f.read()
-        if generation_speed(text):
+        if same and generation_speed(text):
             demo.log(f"{log_name}: beam {beam}: reusing {log}")
             return text
-    return demo.run(["fairseq-generate", bin_dir, "--user-dir", user_dir(), "--path", ckpt, *COMMON, *NO_LIMITS,
-                     "--gen-subset", subset, "--beam", str(beam), "--nbest", "1", *batch,
-                     "--max-len-a", "1.5", "--max-len-b", "10", "--post-process", "sentencepiece", *extra], log)
+    text = demo.run(cmd, log)
+    with open(log + ".cmd", "w", encoding="utf-8") as f:
+        json.dump(cmd, f)
+    return text
 
 
 def bleu(bin_dir, ckpt, name, references, beams, extra=()):

@@ -25,7 +25,7 @@ from deen import demo, generation_speed, user_dir
 def corpus(bin_dir, teacher, name, extra):
     """A distillation corpus by fairseq-generate --task seq_kd, binarized with the teacher's dictionaries."""
     out = os.path.join(deen.DIR, name)
-    if not os.path.exists(os.path.join(out, "bin", "train.de-en.en.idx")):
+    if not os.path.exists(os.path.join(out, "bin", "test.de-en.en.idx")):  # preprocess writes test last
         demo.run(["fairseq-generate", bin_dir, "--user-dir", user_dir(), "--path", teacher, *deen.COMMON,
                   *deen.NO_LIMITS, "--task", "seq_kd", "--kd-output-dir", out, "--gen-subset", "train",
                   "--max-tokens", "6000", "--max-len-a", "1.5", "--max-len-b", "10", "--kd-write-scores", *extra],
@@ -137,8 +137,9 @@ def main():
         missing = []
     rows = {}
     for name, ckpt in ckpts.items():
-        bleu, outputs = deen.bleu(bin_dir, ckpt, name, refs, [1, 5])
-        info = deen.run_info("teacher" if name == "teacher" else student_dir(name, args))
+        run = "teacher" if name == "teacher" else student_dir(name, args)
+        bleu, outputs = deen.bleu(bin_dir, ckpt, run, refs, [1, 5])
+        info = deen.run_info(run)
         rows[name] = {"bleu_greedy": bleu["1"], "bleu_beam5": bleu["5"], "params": params_of(ckpt),
                       "greedy_mass_percent": deen.greedy_mass(outputs["1"]), **info}
         demo.log(f"{name}: {dict((k, v) for k, v in rows[name].items() if k != 'valid_bleu_curve')}")

@@ -96,9 +96,9 @@ def main():
                                "translation_curves.png")
     ds = load("distillation")
     pr = load("pruning")
-    if ds:
-        convergence_curves(plt, {n: r for n, r in ds.items() if isinstance(r, dict) and "valid_bleu_curve" in r},
-                           "Distillation: valid BLEU per epoch (teacher beam 5, students greedy)",
+    rows = {n: r for n, r in (ds or {}).items() if isinstance(r, dict) and "valid_bleu_curve" in r}
+    if rows:
+        convergence_curves(plt, rows, "Distillation: valid BLEU per epoch (teacher beam 5, students greedy)",
                            "distillation.png")
     if pr and "rows" in pr:
         convergence_curves(plt, pr["rows"], "Pruned Seq-KD students retrained: valid BLEU (greedy)",

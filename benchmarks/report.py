@@ -30,6 +30,16 @@ def beams(row, keys=("1", "5", "10")):
     return " / ".join(f"{row[k]:.2f}" for k in keys if k in row)
 
 
+def lost(row, key):
+    return f"{row[key]:.2f}" if key in row else "–"  # no 0% row to compare with
+
+
+def ended(row):
+    """best epoch / epochs, marked when the epoch cap (not --patience) ended the run."""
+    cap = " (cap)" if row.get("stopped") == "epoch cap" else ""
+    return f"{row.get('best_epoch', '–')} / {row.get('epochs', '–')}{cap}"
+
+
 def beam_table(name, title, methods):
     results = load(name)
     if results:
@@ -90,7 +100,7 @@ def main():
             if not r:
                 continue
             print(f"| {m} | {r['bleu_greedy']:.2f} / {r['bleu_beam5']:.2f} | {TALK['distillation'].get(m, '–')} | "
-                  f"{r.get('best_epoch', '–')} / {r.get('epochs', '–')} | {r['params'] / 1e6:.2f}M | "
+                  f"{ended(r)} | {r['params'] / 1e6:.2f}M | "
                   f"{r['greedy_mass_percent']:.1f}% |")
         print()
     if speed:
@@ -112,8 +122,8 @@ def main():
               "sparse copy |\n|---|---|---|---|---|---|---|")
         for r in pr["rows"].values():
             print(f"| {r['scheme']} | {r['ratio_percent']}% | {r['bleu_greedy']:.2f} / {r['bleu_beam5']:.2f} | "
-                  f"{r.get('bleu_lost_greedy', 0):.2f} / {r.get('bleu_lost_beam5', 0):.2f} | "
-                  f"{r.get('best_epoch', '–')} / {r.get('epochs', '–')} | {r['nonzero_params']:,} | "
+                  f"{lost(r, 'bleu_lost_greedy')} / {lost(r, 'bleu_lost_beam5')} | "
+                  f"{ended(r)} | {r['nonzero_params']:,} | "
                   f"{r['sparse_export_bytes'] / 2**20:.1f} MiB |")
         print(f"\nTalk (class-blind, beam 5): {', '.join(f'{k}% {v}' for k, v in TALK['pruning'].items())}\n")
     sp = load("bso_speed")

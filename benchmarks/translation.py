@@ -59,6 +59,8 @@ def main():
     bin_dir, refs = deen.data()
     pretrained = os.path.join(deen.DIR, "teacher", "checkpoint_best.pt")
     if not os.path.exists(os.path.join(deen.DIR, "teacher", "done")):
+        if args.report:
+            raise SystemExit(f"--report: no finished NLL baseline (teacher) in {deen.DIR}/teacher")
         pretrained = deen.teacher(bin_dir)
     results, missing = {"nll_baseline": deen.run_info("teacher")}, []
     for name in [args.only] if args.only else args.rows:
