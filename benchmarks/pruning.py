@@ -131,7 +131,9 @@ def main():
             r["bleu_lost_greedy"] = round(dense_row["bleu_greedy"] - r["bleu_greedy"], 2)
             r["bleu_lost_beam5"] = round(dense_row["bleu_beam5"] - r["bleu_beam5"], 2)
     unpruned, _ = deen.bleu(bin_dir, student, "student_seq_kd", refs, [1, 5])
-    results = {"rows": results, "missing": missing,
+    # rows still training: their valid curves so far (a rerun resumes them)
+    unfinished = {row: deen.run_info(f"pruned_{row.replace(':', '_')}{args.tag}") for row in missing}
+    results = {"rows": results, "missing": missing, "unfinished": {r: i for r, i in unfinished.items() if i["epochs"]},
                "seq_kd_student_before_retraining": {"bleu_greedy": unpruned["1"], "bleu_beam5": unpruned["5"]}}
     if args.overhead:
         overhead = step_overhead(bin_dir, student, args.rounds)

@@ -92,8 +92,8 @@ def main():
     ds = load("distillation")
     speed = load("decode_speed")
     if ds:
-        print("**Distillation** (l10n-de-en, each model trained until valid BLEU stopped improving; test BLEU "
-              "greedy / beam 5; talk: WMT14 en→de)\n")
+        print("**Distillation** (l10n-de-en, each model trained until valid BLEU stopped improving (--patience) or, "
+              "marked (cap), to its epoch cap; test BLEU greedy / beam 5; talk: WMT14 en→de)\n")
         print("| model | BLEU here | talk | best epoch / epochs | params | mass on greedy |\n|---|---|---|---|---|---|")
         for m in ("teacher", "student", "word_kd", "seq_kd", "seq_inter", "seq_kd_small"):
             r = ds.get(m)
