@@ -103,13 +103,16 @@ def main():
                   f"{ended(r)} | {r['params'] / 1e6:.2f}M | "
                   f"{r['greedy_mass_percent']:.1f}% |")
         print()
+    full = load("decode_speed_full")  # the batched setting on the whole test set, when measured separately
     if speed:
-        print("**Decoding speed** (`decode_speed.json`: source words/s on one thread, teacher at beam 5, "
-              "students greedy; median of paired rounds)\n")
+        print("**Decoding speed** (`decode_speed.json`, batched from `decode_speed_full.json`: source words/s on one thread, teacher at beam 5, "
+              "students greedy; median of paired rounds; batch 1: the first "
+              f"{speed['batch1']['sentences']} test sentences; batched: {(full or speed)['batched']['sentences']} "
+              "sentences)\n")
         print("| model | params | batch 1: words/s | × teacher | batched: words/s | × teacher |")
         print("|---|---|---|---|---|---|")
         for m, info in speed["models"].items():
-            b1, bb = speed["batch1"][m], speed["batched"][m]
+            b1, bb = speed["batch1"][m], (full or speed)["batched"][m]
             print(f"| {m} | {info['params'] / 1e6:.2f}M | {b1['words_per_sec']:.0f} | "
                   f"{b1.get('speedup_vs_teacher', 1.0):.1f} | {bb['words_per_sec']:.0f} | "
                   f"{bb.get('speedup_vs_teacher', 1.0):.1f} |")
