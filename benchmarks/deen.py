@@ -8,7 +8,6 @@ Every model is trained once into runs/benchmarks/deen/<name> and reused; a finis
 import json
 import os
 import re
-import statistics
 import sys
 import time
 

@@ -64,6 +64,12 @@ def step_overhead(bin_dir, ckpt, rounds, batches=4):
             "overhead_ratio": round(statistics.median(ratios), 4), "ratios": [round(x, 4) for x in ratios]}
 
 
+def run_name(row, tag):
+    """The model folder of a SCHEME:PERCENT row."""
+    scheme, _, percent = row.partition(":")
+    return f"pruned_{scheme}_{percent}{tag}"
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--rows", nargs="+", default=ROWS, metavar="SCHEME:PERCENT",
@@ -96,7 +102,7 @@ def main():
     results, missing = {}, []
     for row in rows:
         scheme, _, percent = row.partition(":")
-        name = f"pruned_{scheme}_{percent}{args.tag}"
+        name = run_name(row, args.tag)
         if args.report:
             ckpt = os.path.join(deen.DIR, name, "checkpoint_best.pt")
             if not os.path.exists(os.path.join(deen.DIR, name, "done")):
@@ -132,7 +138,7 @@ def main():
             r["bleu_lost_beam5"] = round(dense_row["bleu_beam5"] - r["bleu_beam5"], 2)
     unpruned, _ = deen.bleu(bin_dir, student, "student_seq_kd", refs, [1, 5])
     # rows still training: their valid curves so far (a rerun resumes them)
-    unfinished = {row: deen.run_info(f"pruned_{row.replace(':', '_')}{args.tag}") for row in missing}
+    unfinished = {row: deen.run_info(run_name(row, args.tag)) for row in missing}
     results = {"rows": results, "missing": missing, "unfinished": {r: i for r, i in unfinished.items() if i["epochs"]},
                "seq_kd_student_before_retraining": {"bleu_greedy": unpruned["1"], "bleu_beam5": unpruned["5"]}}
     if args.overhead:
