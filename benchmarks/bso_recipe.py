@@ -37,7 +37,7 @@ import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 
-from common import ROOT, WORK, write_results
+from common import ROOT, WORK, log_stats, write_results
 
 sys.path.insert(0, os.path.join(ROOT, "examples", "word_ordering"))
 
@@ -112,12 +112,8 @@ def fairseq_train(args, bin_dir, save_dir, extra, decode, epochs=None):
 
 def learning_curve(log_path):
     """[(epoch, valid BLEU)] from a fairseq json log (the last run's values win on a resume)."""
-    curve = {}
-    with open(log_path) as f:
-        for line in f:
-            if "| valid | {" in line:
-                stats = json.loads(line.split("| valid | ", 1)[1])
-                curve[int(stats["epoch"])] = float(stats["valid_bleu"])
+    curve = {int(stats["epoch"]): float(stats["valid_bleu"])
+             for kind, stats in log_stats(log_path) if kind == "valid" and "valid_bleu" in stats}
     return sorted(curve.items())
 
 

@@ -26,6 +26,20 @@ def deen_bin(vocab_size: int = 8000) -> str:
     return os.path.join(out, "bin")
 
 
+def log_stats(path: str):
+    """(kind, stats) for every ``| valid | {...}`` and ``| train | {...}`` json line of a fairseq log
+    (``--log-format json``), in file order; other lines as (None, line), so callers can look for messages."""
+    with open(path) as f:
+        for line in f:
+            for kind in ("valid", "train"):
+                marker = f"| {kind} | {{"
+                if marker in line:
+                    yield kind, json.loads(line[line.index(marker) + len(marker) - 1:])
+                    break
+            else:
+                yield None, line
+
+
 def git_commit() -> str:
     try:
         return subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, stdout=subprocess.PIPE, text=True,

@@ -14,7 +14,7 @@ import time
 os.environ.setdefault("OMP_NUM_THREADS", "1")  # one thread per process: speeds are per thread, and two
 os.environ.setdefault("MKL_NUM_THREADS", "1")  # benchmark streams can share the 2 cores without thrashing
 
-from common import ROOT, WORK, deen_bin
+from common import ROOT, WORK, deen_bin, log_stats
 
 sys.path.insert(0, os.path.join(ROOT, "examples", "word_ordering"))
 
@@ -103,16 +103,14 @@ def run_info(name):
     curve, epochs, wall, early = {}, 0, 0.0, False
     for path in sorted(glob.glob(os.path.join(DIR, name + ".*.log"))):
         file_wall = 0.0  # fairseq's wall meter: seconds since this invocation started
-        with open(path) as f:
-            for line in f:
-                early = early or "early stop since valid performance hasn't improved" in line
-                for kind in ("valid", "train"):
-                    if f"| {kind} | {{" in line:
-                        stats = json.loads(line.split(f"| {kind} | ", 1)[1])
-                        epochs = max(epochs, int(stats["epoch"]))
-                        file_wall = max(file_wall, float(stats.get(f"{kind}_wall", 0)))
-                        if kind == "valid" and "valid_bleu" in stats:
-                            curve[int(stats["epoch"])] = float(stats["valid_bleu"])
+        for kind, stats in log_stats(path):
+            if kind is None:
+                early = early or "early stop since valid performance hasn't improved" in stats
+                continue
+            epochs = max(epochs, int(stats["epoch"]))
+            file_wall = max(file_wall, float(stats.get(f"{kind}_wall", 0)))
+            if kind == "valid" and "valid_bleu" in stats:
+                curve[int(stats["epoch"])] = float(stats["valid_bleu"])
         wall += file_wall
     curve = sorted(curve.items())
     done = os.path.join(DIR, name, "done")
