@@ -83,7 +83,8 @@ def main():
         print("| row | decoding | best epoch | valid | test 1 / 5 / 10 | talk |\n|---|---|---|---|---|---|")
         for name, row in tr.items():
             if isinstance(row, dict) and "test" in row:
-                print(f"| {name} | {' '.join(row['decoding']) or 'standard beam'} | {row['best_epoch']} | "
+                label = "NLL baseline (the start)" if name == "nll_baseline" else name
+                print(f"| {label} | {' '.join(row.get('decoding', [])) or 'standard beam'} | {row['best_epoch']} | "
                       f"{row['best_valid_bleu']:.2f} | {beams(row['test'])} | {TALK['translation'].get(name, '–')} |")
         print()
     elif tr:
