@@ -88,7 +88,7 @@ def main():
         bleu_vs_beam(plt, wo, ["seq2seq", "bso", "conbso"], "Word ordering (kjv)", "word_ordering.png")
     tr = load("translation")
     if tr:
-        bleu_vs_beam(plt, tr, ["pretrained", "nll_baseline", "seq2seq", "bso", "bso_stop", "bso_log_softmax"], "de→en (l10n)",
+        bleu_vs_beam(plt, tr, ["pretrained", "nll_baseline", "seq2seq", "bso", "bso_stop", "bso_log_softmax", "bso_log_softmax_nll"], "de→en (l10n)",
                      "translation.png")
         rows = {n: r for n, r in tr.items() if isinstance(r, dict) and "valid_bleu_curve" in r and n != "nll_baseline"}
         if rows:

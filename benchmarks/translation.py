@@ -17,7 +17,8 @@ Protocol (fixed before the runs):
   2 → 6 one epoch per K, Adam 1.5e-3 — the learning rate at which the raw-score climb reached continued NLL
   on word ordering, ``bso_recipe_long.json``; ``--bso-decoding``), ``bso_stop`` (+ ``--bso-learn-to-stop``),
   ``bso_log_softmax`` (the defaults: prefix log-probability score, gold K-th → (K−1)-th; fairseq's standard
-  beam).
+  beam); ``bso_log_softmax_nll`` (the defaults + 1·token NLL, ``--bso-nll-weight 1``: continued NLL's own gain
+  kept under the margin loss, after Edunov et al. 2018's mixtures).
 
     python3 benchmarks/translation.py                          # all rows, one after another
     python3 benchmarks/translation.py --only bso               # train one row (parallel processes)
@@ -44,6 +45,8 @@ ROWS = {
                  ["--task", "constrained_beam_training", "--bso-decoding"]),
     "bso_log_softmax": ([*BSO, "--bso-score", "log_softmax", "--bso-gold-kth", "previous", "--lr", "0.0005"],
                         ["--task", "constrained_beam_training"]),
+    "bso_log_softmax_nll": ([*BSO, "--bso-score", "log_softmax", "--bso-gold-kth", "previous", "--bso-nll-weight", "1",
+                             "--lr", "0.0005"], ["--task", "constrained_beam_training"]),
 }
 
 
