@@ -88,8 +88,8 @@ def main():
         bleu_vs_beam(plt, wo, ["seq2seq", "bso", "conbso"], "Word ordering (kjv)", "word_ordering.png")
     tr = load("translation")
     if tr:
-        bleu_vs_beam(plt, tr, ["pretrained", "nll_baseline", "seq2seq", "bso", "bso_stop", "bso_log_softmax", "bso_log_softmax_nll"], "de→en (l10n)",
-                     "translation.png")
+        bleu_vs_beam(plt, tr, ["pretrained", "nll_baseline", "seq2seq", "bso", "bso_stop", "bso_log_softmax",
+                               "bso_log_softmax_nll"], "de→en (l10n)", "translation.png")
         rows = {n: r for n, r in tr.items() if isinstance(r, dict) and "valid_bleu_curve" in r and n != "nll_baseline"}
         if rows:
             convergence_curves(plt, rows, "de→en: valid BLEU (beam 5, own decoding) per extra epoch",
@@ -101,7 +101,14 @@ def main():
         convergence_curves(plt, rows, "Distillation: valid BLEU per epoch (teacher beam 5, students greedy)",
                            "distillation.png")
     if pr and "rows" in pr:
-        convergence_curves(plt, pr["rows"], "Pruned Seq-KD students retrained: valid BLEU (greedy)",
+        curves = dict(pr["rows"])
+        import glob
+        for path in sorted(glob.glob(os.path.join(RESULTS, "pruning_lr*.json"))):  # retraining-lr levers (--tag)
+            tag = os.path.basename(path)[len("pruning_"):-len(".json")]
+            with open(path) as f:
+                lever = json.load(f)
+            curves.update({f"{row} {tag}": r for row, r in lever.get("rows", {}).items()})
+        convergence_curves(plt, curves, "Pruned Seq-KD students retrained: valid BLEU (greedy)",
                            "pruning_curves.png")
         blind = sorted((r for r in pr["rows"].values() if r["scheme"] == "class-blind"),
                        key=lambda r: r["ratio_percent"])

@@ -4,6 +4,7 @@
     python3 benchmarks/report.py > /tmp/results.md
 """
 
+import glob
 import json
 import os
 
@@ -76,15 +77,16 @@ def main():
     tr = load("translation")
     if tr and "nll_baseline" in tr:
         base = tr["nll_baseline"]
-        print(f"**Translation** (l10n-de-en from the converged NLL model: best epoch {base.get('best_epoch')} of "
-              f"{base.get('epochs')}, valid {base.get('best_valid_bleu')}; every row {tr['settings']['extra_epochs']} "
+        print(f"**Translation** (l10n-de-en from the NLL model of the distillation table: best epoch "
+              f"{base.get('best_epoch')} of {base.get('epochs')} (stopped: {base.get('stopped')}), valid "
+              f"{base.get('best_valid_bleu')}; every row {tr['settings']['extra_epochs']} "
               "extra epochs, best valid BLEU under its own decoding; detokenized test BLEU at beams 1 / 5 / 10; "
               "talk: IWSLT14 de-en)\n")
         print("| row | decoding | best epoch | valid | test 1 / 5 / 10 | talk |\n|---|---|---|---|---|---|")
         for name, row in tr.items():
             if isinstance(row, dict) and "test" in row:
                 label = "NLL baseline (the start)" if name == "nll_baseline" else name
-                print(f"| {label} | {' '.join(row.get('decoding', [])) or 'standard beam'} | {row['best_epoch']} | "
+                print(f"| {label} | {'`--bso-decoding`' if '--bso-decoding' in row.get('decoding', []) else 'standard beam'} | {row['best_epoch']} | "
                       f"{row['best_valid_bleu']:.2f} | {beams(row['test'])} | {TALK['translation'].get(name, '–')} |")
         print()
     elif tr:
@@ -124,8 +126,19 @@ def main():
               "greedy / beam 5)\n")
         print("| scheme | pruned | BLEU | lost vs 0% (greedy / beam 5) | best epoch / epochs | non-zero params | "
               "sparse copy |\n|---|---|---|---|---|---|---|")
-        for r in pr["rows"].values():
-            print(f"| {r['scheme']} | {r['ratio_percent']}% | {r['bleu_greedy']:.2f} / {r['bleu_beam5']:.2f} | "
+        rows = [(r, "") for r in pr["rows"].values()]
+        dense = pr["rows"].get("class-blind:0")
+        for path in sorted(glob.glob(os.path.join(RESULTS, "pruning_lr*.json"))):  # retraining-lr levers (--tag)
+            with open(path) as f:
+                lever = json.load(f)
+            lr = lever["settings"]["retrain_lr"]
+            for r in lever.get("rows", {}).values():
+                if dense and "bleu_lost_greedy" not in r:  # against the main file's 0% row
+                    r["bleu_lost_greedy"] = round(dense["bleu_greedy"] - r["bleu_greedy"], 2)
+                    r["bleu_lost_beam5"] = round(dense["bleu_beam5"] - r["bleu_beam5"], 2)
+                rows.append((r, f", retrained at lr {lr:g}"))
+        for r, note in rows:
+            print(f"| {r['scheme']} | {r['ratio_percent']}%{note} | {r['bleu_greedy']:.2f} / {r['bleu_beam5']:.2f} | "
                   f"{lost(r, 'bleu_lost_greedy')} / {lost(r, 'bleu_lost_beam5')} | "
                   f"{ended(r)} | {r['nonzero_params']:,} | "
                   f"{r['sparse_export_bytes'] / 2**20:.1f} MiB |")
