@@ -9,7 +9,8 @@ Protocol (fixed before the runs):
 * data: l10n-de-en, joint sentencepiece 4k (``deen.data``); model: the teacher of ``benchmarks/deen.py``
   (1-layer bi-LSTM 256, LSTM decoder 256, dropout 0.2), seed 1, one thread per run;
 * NLL baseline: the teacher, trained until validation BLEU (beam 5) has not improved for 3 epochs; its best
-  checkpoint;
+  checkpoint (the teacher of ``results/translation.json`` stopped at a 20-epoch cap instead, best epoch 19:
+  its ``nll_baseline`` entry says so, and continued NLL still gains on it);
 * every row starts from it (``--finetune-from-model``) and trains ``--extra-epochs`` more epochs (no early
   stop: equal budget) with Adam; valid BLEU at beam 5 under the row's own decoding after every epoch (the
   learning curve); the checkpoint with the best valid BLEU; detokenized sacrebleu test BLEU at beams 1/5/10;
