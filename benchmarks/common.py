@@ -40,6 +40,18 @@ def log_stats(path: str):
                 yield None, line
 
 
+def tagged_results(name: str, tag_prefix: str):
+    """[(tag, results)] of the files ``results/{name}{tag}.json`` written by a ``--tag {tag_prefix}...`` run
+    (e.g. ``tagged_results("pruning", "_lr")`` reads pruning_lr1e-3.json as tag "_lr1e-3"), sorted by name."""
+    import glob
+
+    found = []
+    for path in sorted(glob.glob(os.path.join(RESULTS, f"{name}{tag_prefix}*.json"))):
+        with open(path) as f:
+            found.append((os.path.basename(path)[len(name):-len(".json")], json.load(f)))
+    return found
+
+
 def git_commit() -> str:
     try:
         return subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, stdout=subprocess.PIPE, text=True,

@@ -7,7 +7,7 @@
 import json
 import os
 
-from common import RESULTS
+from common import RESULTS, tagged_results
 
 
 def load(name):
@@ -102,12 +102,8 @@ def main():
                            "distillation.png")
     if pr and "rows" in pr:
         curves = dict(pr["rows"])
-        import glob
-        for path in sorted(glob.glob(os.path.join(RESULTS, "pruning_lr*.json"))):  # retraining-lr levers (--tag)
-            tag = os.path.basename(path)[len("pruning_"):-len(".json")]
-            with open(path) as f:
-                lever = json.load(f)
-            curves.update({f"{row} {tag}": r for row, r in lever.get("rows", {}).items()})
+        for tag, lever in tagged_results("pruning", "_lr"):  # retraining-lr levers (--tag)
+            curves.update({f"{row} {tag.lstrip('_')}": r for row, r in lever.get("rows", {}).items()})
         convergence_curves(plt, curves, "Pruned Seq-KD students retrained: valid BLEU (greedy)",
                            "pruning_curves.png")
         blind = sorted((r for r in pr["rows"].values() if r["scheme"] == "class-blind"),

@@ -132,6 +132,12 @@ def main():
                         "sparse_export_bytes": sparse, **deen.run_info(name)}
         demo.log(f"{row}: BLEU {bleu}, {nonzero:,} non-zero, export {dense:,} B, sparse {sparse:,} B")
     dense_row = results.get("class-blind:0")
+    dense_name = run_name("class-blind:0", args.tag if dense_row else "")
+    if not dense_row and os.path.exists(os.path.join(deen.DIR, dense_name, "done")):
+        # a lever run (--tag) without its own 0% row: losses against the main 0% row (cached decodes)
+        dense_bleu, _ = deen.bleu(bin_dir, os.path.join(deen.DIR, dense_name, "checkpoint_best.pt"), dense_name,
+                                  refs, [1, 5])
+        dense_row = {"bleu_greedy": dense_bleu["1"], "bleu_beam5": dense_bleu["5"]}
     if dense_row:
         for r in results.values():
             r["bleu_lost_greedy"] = round(dense_row["bleu_greedy"] - r["bleu_greedy"], 2)
@@ -140,6 +146,7 @@ def main():
     # rows still training: their valid curves so far (a rerun resumes them)
     unfinished = {row: deen.run_info(run_name(row, args.tag)) for row in missing}
     results = {"rows": results, "missing": missing, "unfinished": {r: i for r, i in unfinished.items() if i["epochs"]},
+               "losses_against": dense_name if dense_row else None,
                "seq_kd_student_before_retraining": {"bleu_greedy": unpruned["1"], "bleu_beam5": unpruned["5"]}}
     if args.overhead:
         overhead = step_overhead(bin_dir, student, args.rounds)

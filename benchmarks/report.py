@@ -4,11 +4,10 @@
     python3 benchmarks/report.py > /tmp/results.md
 """
 
-import glob
 import json
 import os
 
-from common import RESULTS
+from common import RESULTS, tagged_results
 
 TALK = {
     "word_ordering": {"seq2seq": "25.2 / 29.8 / 31.0", "bso": "28.0 / 33.2 / 34.3", "conbso": "28.6 / 34.3 / 34.5"},
@@ -86,7 +85,8 @@ def main():
         for name, row in tr.items():
             if isinstance(row, dict) and "test" in row:
                 label = "NLL baseline (the start)" if name == "nll_baseline" else name
-                print(f"| {label} | {'`--bso-decoding`' if '--bso-decoding' in row.get('decoding', []) else 'standard beam'} | {row['best_epoch']} | "
+                decoding = "`--bso-decoding`" if "--bso-decoding" in row.get("decoding", []) else "standard beam"
+                print(f"| {label} | {decoding} | {row['best_epoch']} | "
                       f"{row['best_valid_bleu']:.2f} | {beams(row['test'])} | {TALK['translation'].get(name, '–')} |")
         print()
     elif tr:
@@ -127,16 +127,8 @@ def main():
         print("| scheme | pruned | BLEU | lost vs 0% (greedy / beam 5) | best epoch / epochs | non-zero params | "
               "sparse copy |\n|---|---|---|---|---|---|---|")
         rows = [(r, "") for r in pr["rows"].values()]
-        dense = pr["rows"].get("class-blind:0")
-        for path in sorted(glob.glob(os.path.join(RESULTS, "pruning_lr*.json"))):  # retraining-lr levers (--tag)
-            with open(path) as f:
-                lever = json.load(f)
-            lr = lever["settings"]["retrain_lr"]
-            for r in lever.get("rows", {}).values():
-                if dense and "bleu_lost_greedy" not in r:  # against the main file's 0% row
-                    r["bleu_lost_greedy"] = round(dense["bleu_greedy"] - r["bleu_greedy"], 2)
-                    r["bleu_lost_beam5"] = round(dense["bleu_beam5"] - r["bleu_beam5"], 2)
-                rows.append((r, f", retrained at lr {lr:g}"))
+        for _, lever in tagged_results("pruning", "_lr"):  # retraining-lr levers (--tag), losses vs the 0% row
+            rows += [(r, f", retrained at lr {lever['settings']['retrain_lr']:g}") for r in lever.get("rows", {}).values()]
         for r, note in rows:
             print(f"| {r['scheme']} | {r['ratio_percent']}%{note} | {r['bleu_greedy']:.2f} / {r['bleu_beam5']:.2f} | "
                   f"{lost(r, 'bleu_lost_greedy')} / {lost(r, 'bleu_lost_beam5')} | "
