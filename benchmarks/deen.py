@@ -96,6 +96,12 @@ def train(name, bin_dir, epochs, model, args, max_tokens=4000, valid_beam=None, 
     return ckpt
 
 
+def finished(name):
+    """Whether run ``name`` (a folder of DIR) has finished: ``train`` writes its ``done`` marker at the end (the
+    epoch cap or patience), so ``--report`` reports it and a rerun skips it."""
+    return os.path.exists(os.path.join(DIR, name, "done"))
+
+
 def run_info(name):
     """Learning curve [(epoch, valid BLEU)], epochs trained, best epoch and training wall seconds of a run,
     from its json logs (a resumed run has several; the later value of an epoch wins)."""

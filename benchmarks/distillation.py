@@ -124,7 +124,7 @@ def main():
     if args.report:
         ckpts = {"teacher": os.path.join(deen.DIR, "teacher", "checkpoint_best.pt")}
         ckpts.update({n: os.path.join(deen.DIR, student_dir(n, args), "checkpoint_best.pt") for n in STUDENTS})
-        missing = [n for n in ckpts if not os.path.exists(os.path.join(os.path.dirname(ckpts[n]), "done"))]
+        missing = [n for n in ckpts if not deen.finished(os.path.basename(os.path.dirname(ckpts[n])))]
         ckpts = {n: c for n, c in ckpts.items() if n not in missing}
         if "teacher" in missing:
             raise SystemExit(f"no finished teacher in {deen.DIR}/teacher")

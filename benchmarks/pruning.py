@@ -89,7 +89,7 @@ def main():
     started = time.time()
     bin_dir, refs = deen.data()
     student_dir = os.path.join(deen.DIR, "student_seq_kd")
-    if not os.path.exists(os.path.join(student_dir, "done")):
+    if not deen.finished("student_seq_kd"):
         raise SystemExit("run benchmarks/distillation.py first: pruning starts from its Seq-KD student "
                          f"({student_dir})")
     student = os.path.join(student_dir, "checkpoint_best.pt")
@@ -105,7 +105,7 @@ def main():
         name = run_name(row, args.tag)
         if args.report:
             ckpt = os.path.join(deen.DIR, name, "checkpoint_best.pt")
-            if not os.path.exists(os.path.join(deen.DIR, name, "done")):
+            if not deen.finished(name):
                 missing.append(row)
                 continue
         else:
@@ -133,7 +133,7 @@ def main():
         demo.log(f"{row}: BLEU {bleu}, {nonzero:,} non-zero, export {dense:,} B, sparse {sparse:,} B")
     dense_row = results.get("class-blind:0")
     dense_name = run_name("class-blind:0", args.tag if dense_row else "")
-    if not dense_row and os.path.exists(os.path.join(deen.DIR, dense_name, "done")):
+    if not dense_row and deen.finished(dense_name):
         # a lever run (--tag) without its own 0% row: losses against the main 0% row (cached decodes)
         dense_bleu, _ = deen.bleu(bin_dir, os.path.join(deen.DIR, dense_name, "checkpoint_best.pt"), dense_name,
                                   refs, [1, 5])

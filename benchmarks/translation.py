@@ -24,12 +24,20 @@ Protocol (fixed before the runs):
     python3 benchmarks/translation.py                          # all rows, one after another
     python3 benchmarks/translation.py --only bso               # train one row (parallel processes)
     python3 benchmarks/translation.py --report                 # results from the finished rows
+    python3 benchmarks/translation.py --extra-epochs 16        # a longer budget: extends the 8-epoch runs
+    python3 benchmarks/translation.py --seed 2 --only seq2seq  # another seed (runs and results file ``_s2``)
 
-Each run resumes (``checkpoint_last.pt``); results in benchmarks/results/translation.json.
+Each run resumes (``checkpoint_last.pt``).  A run of N extra epochs starts from a copy of the same row's
+finished run of fewer epochs when there is one (the learning rate is constant and the curriculum counts
+epochs, so its first epochs are that run's epochs: nothing is trained twice).  Results in
+benchmarks/results/translation.json (8 extra epochs, seed 1), translation_e{N}.json or translation_s{seed}.json
+otherwise (``results_name``).
 """
 
 import argparse
+import glob
 import os
+import shutil
 import time
 
 import deen
@@ -58,11 +66,12 @@ def main():
     parser.add_argument("--only", choices=list(ROWS), help="train just this row and stop")
     parser.add_argument("--report", action="store_true", help="train nothing: report the finished rows")
     parser.add_argument("--beams", type=int, nargs="+", default=[1, 5, 10])
+    parser.add_argument("--seed", type=int, default=1, help="training seed of every row (the NLL start is seed 1's)")
     args = parser.parse_args()
     started = time.time()
     bin_dir, refs = deen.data()
     pretrained = os.path.join(deen.DIR, "teacher", "checkpoint_best.pt")
-    if not os.path.exists(os.path.join(deen.DIR, "teacher", "done")):
+    if not deen.finished("teacher"):
         if args.report:
             raise SystemExit(f"--report: no finished NLL baseline (teacher) in {deen.DIR}/teacher")
         pretrained = deen.teacher(bin_dir)
@@ -71,15 +80,16 @@ def main():
         results["nll_baseline"]["test"], _ = deen.bleu(bin_dir, pretrained, "teacher", refs, args.beams)
     for name in [args.only] if args.only else args.rows:
         train, decode = ROWS[name]
-        run = f"translation_{name}_e{args.extra_epochs}"
+        run = run_name(name, args.extra_epochs, args.seed)
         if args.report:
-            if not os.path.exists(os.path.join(deen.DIR, run, "done")):
+            if not deen.finished(run):
                 missing.append(name)
                 continue
             ckpt = os.path.join(deen.DIR, run, "checkpoint_best.pt")
         else:
+            extend_shorter_run(name, args.extra_epochs, args.seed)
             ckpt = deen.train(run, bin_dir, args.extra_epochs, deen.TEACHER,
-                              ["--finetune-from-model", pretrained, *train, *decode],
+                              ["--finetune-from-model", pretrained, *train, *decode, "--seed", str(args.seed)],
                               max_tokens=2000 if "bso" in train else 4000, valid_beam=5, patience=None)
         if args.only:
             return
@@ -91,7 +101,38 @@ def main():
             for name, row in results.items() if name.startswith("bso") and "test" in row and "5" in row["test"]}
     results["missing"] = missing
     print(results)
-    write_results("translation", results, started, settings=args)
+    write_results(results_name(args.extra_epochs, args.seed), results, started, settings=args)
+
+
+def results_name(extra_epochs, seed):
+    """translation.json for the measured protocol (8 extra epochs, seed 1); other budgets and seeds get their
+    own file, e.g. translation_e16.json, translation_s2.json."""
+    return "translation" + ("" if extra_epochs == 8 else f"_e{extra_epochs}") + ("" if seed == 1 else f"_s{seed}")
+
+
+def run_name(name, extra_epochs, seed):
+    return f"translation_{name}_e{extra_epochs}" + ("" if seed == 1 else f"_s{seed}")
+
+
+def extend_shorter_run(name, extra_epochs, seed):
+    """Start run ``name`` of ``extra_epochs`` from a copy of the longest finished run of the same row and seed
+    with fewer epochs (its checkpoints and logs, not its ``done`` marker): fairseq resumes the copy's
+    ``checkpoint_last.pt`` and trains the remaining epochs, with the copy's best valid BLEU kept."""
+    target = os.path.join(deen.DIR, run_name(name, extra_epochs, seed))
+    if os.path.exists(target):
+        return
+    shorter = [m for m in range(extra_epochs - 1, 0, -1)
+               if deen.finished(run_name(name, m, seed))]
+    if not shorter:
+        return
+    epochs, source = shorter[0], os.path.join(deen.DIR, run_name(name, shorter[0], seed))
+    os.makedirs(target + ".tmp", exist_ok=True)
+    for ckpt in ("checkpoint_last.pt", "checkpoint_best.pt"):
+        shutil.copy2(os.path.join(source, ckpt), os.path.join(target + ".tmp", ckpt))
+    os.replace(target + ".tmp", target)
+    for log in glob.glob(source + ".*.log"):  # its learning curve and wall time (run_info reads these)
+        shutil.copy2(log, target + log[len(source):])
+    deen.demo.log(f"{os.path.basename(target)}: extends {os.path.basename(source)} ({epochs} epochs)")
 
 
 if __name__ == "__main__":
