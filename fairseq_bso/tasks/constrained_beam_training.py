@@ -1,6 +1,7 @@
 """``--task constrained_beam_training``: fairseq's translation task plus output
 constraints in the BSO training search and in ``fairseq-generate`` (ConBSO),
-and BSO-consistent decoding.
+and BSO-consistent decoding, and a lean greedy decoder for distilled students
+(``--lean-greedy``, ``fairseq_bso.greedy``).
 
 With ``--constraint none`` (the default) and without ``--bso-decoding`` it behaves
 exactly like ``--task translation``.
@@ -26,6 +27,7 @@ from fairseq.tasks.translation import TranslationConfig, TranslationTask
 from ..batching import KeepEveryExample
 from ..constraints import build_constraint
 from ..generation import ConstrainedSequenceGenerator
+from ..greedy import GreedyGenerator, check_generation_options
 from ..pruning import Pruner, PruningConfig, check_options
 
 logger = logging.getLogger(__name__)
@@ -45,6 +47,11 @@ class ConstrainedBeamTrainingConfig(TranslationConfig, PruningConfig):
         default=False,
         metadata={"help": "generate with BSO scores: rank by raw logits, a finished hypothesis scores f(</s>), "
                           "no length normalization (for models trained with --criterion bso)"})
+    lean_greedy: bool = field(
+        default=False,
+        metadata={"help": "with --beam 1: decode with fairseq_bso.greedy.GreedyGenerator, the same hypotheses as "
+                          "fairseq's generator at beam 1 without its beam bookkeeping (faster at small batches; "
+                          "for distilled students decoded greedily)"})
 
 
 class SkipExamples(BaseWrapperDataset):
@@ -124,6 +131,13 @@ class ConstrainedBeamTrainingTask(KeepEveryExample, TranslationTask):
 
     def build_generator(self, models, args, seq_gen_cls=None, extra_gen_cls_kwargs=None,
                         prefix_allowed_tokens_fn=None):
+        if self.cfg.lean_greedy:
+            if self.training_constraint is not None or self.cfg.bso_decoding or prefix_allowed_tokens_fn is not None:
+                raise ValueError("--lean-greedy decodes with fairseq's standard scores: it cannot be combined with "
+                                 "--constraint, --bso-decoding or prefix_allowed_tokens_fn")
+            check_generation_options(args)
+            return super().build_generator(models, args, seq_gen_cls=GreedyGenerator,
+                                           extra_gen_cls_kwargs=extra_gen_cls_kwargs)
         if self.training_constraint is None and not self.cfg.bso_decoding:
             return super().build_generator(models, args, seq_gen_cls, extra_gen_cls_kwargs, prefix_allowed_tokens_fn)
         if prefix_allowed_tokens_fn is not None:
