@@ -89,6 +89,22 @@ def main():
                 print(f"| {label} | {decoding} | {row['best_epoch']} | "
                       f"{row['best_valid_bleu']:.2f} | {beams(row['test'])} | {TALK['translation'].get(name, '–')} |")
         print()
+        extra = tagged_results("translation", "_")  # longer budgets (translation_e16.json), other seeds (_s2)
+        if extra:
+            print("**Translation, longer budgets and other seeds** (the same protocol; `translation.py --extra-epochs N`"
+                  " extends the 8-epoch runs, `--seed S` retrains every row from the same NLL start)\n")
+            print("| file | row | extra epochs | seed | best epoch | valid | test 1 / 5 / 10 | beam 5 − seq2seq's |\n"
+                  "|---|---|---|---|---|---|---|---|")
+            for tag, res in extra:
+                settings = res.get("settings", {})
+                for name, row in res.items():
+                    if not isinstance(row, dict) or "test" not in row or name == "nll_baseline":
+                        continue
+                    gap = res.get("minus_seq2seq_beam5", {}).get(name)
+                    print(f"| translation{tag} | {name} | {settings.get('extra_epochs')} | {settings.get('seed', 1)} | "
+                          f"{row['best_epoch']} | {row['best_valid_bleu']:.2f} | {beams(row['test'])} | "
+                          f"{'–' if gap is None else f'{gap:+.2f}'} |")
+            print()
     elif tr:
         beam_table("translation", "**Translation** (l10n-de-en, detokenized BLEU at test beams 1 / 5 / 10; talk: "
                    "IWSLT14 de-en)", ("pretrained", "seq2seq", "bso"))
@@ -116,7 +132,8 @@ def main():
         print("|---|---|---|---|---|---|")
         for m, info in speed["models"].items():
             b1, bb = speed["batch1"][m], (full or speed)["batched"][m]
-            print(f"| {m} | {info['params'] / 1e6:.2f}M | {b1['words_per_sec']:.0f} | "
+            label = m.replace("+lean", ", `--lean-greedy`")
+            print(f"| {label} | {info['params'] / 1e6:.2f}M | {b1['words_per_sec']:.0f} | "
                   f"{b1.get('speedup_vs_teacher', 1.0):.1f} | {bb['words_per_sec']:.0f} | "
                   f"{bb.get('speedup_vs_teacher', 1.0):.1f} |")
         print()
