@@ -34,6 +34,15 @@ def lost(row, key):
     return f"{row[key]:.2f}" if key in row else "–"  # no 0% row to compare with
 
 
+def versus_seq2seq(results, name):
+    """A translation row's test beam-5 BLEU minus seq2seq's, with the paired bootstrap's p-value when measured."""
+    gap = results.get("minus_seq2seq_beam5", {}).get(name)
+    if gap is None:
+        return "–"
+    p = results.get("paired_bootstrap_beam5", {}).get(name, {}).get("p_value")
+    return f"{gap:+.2f}" + ("" if p is None else f" (p = {p:.3f})")
+
+
 def ended(row):
     """best epoch / epochs, marked when the epoch cap (not --patience) ended the run."""
     cap = " (cap)" if row.get("stopped") == "epoch cap" else ""
@@ -81,29 +90,30 @@ def main():
               f"{base.get('best_valid_bleu')}; every row {tr['settings']['extra_epochs']} "
               "extra epochs, best valid BLEU under its own decoding; detokenized test BLEU at beams 1 / 5 / 10; "
               "talk: IWSLT14 de-en)\n")
-        print("| row | decoding | best epoch | valid | test 1 / 5 / 10 | talk |\n|---|---|---|---|---|---|")
+        print("| row | decoding | best epoch | valid | test 1 / 5 / 10 | beam 5 − seq2seq's (p) | talk |\n"
+              "|---|---|---|---|---|---|---|")
         for name, row in tr.items():
             if isinstance(row, dict) and "test" in row:
                 label = "NLL baseline (the start)" if name == "nll_baseline" else name
                 decoding = "`--bso-decoding`" if "--bso-decoding" in row.get("decoding", []) else "standard beam"
                 print(f"| {label} | {decoding} | {row['best_epoch']} | "
-                      f"{row['best_valid_bleu']:.2f} | {beams(row['test'])} | {TALK['translation'].get(name, '–')} |")
+                      f"{row['best_valid_bleu']:.2f} | {beams(row['test'])} | {versus_seq2seq(tr, name)} | "
+                      f"{TALK['translation'].get(name, '–')} |")
         print()
         extra = tagged_results("translation", "_")  # longer budgets (translation_e16.json), other seeds (_s2)
         if extra:
             print("**Translation, longer budgets and other seeds** (the same protocol; `translation.py --extra-epochs N`"
                   " extends the 8-epoch runs, `--seed S` retrains every row from the same NLL start)\n")
-            print("| file | row | extra epochs | seed | best epoch | valid | test 1 / 5 / 10 | beam 5 − seq2seq's |\n"
+            print("| file | row | extra epochs | seed | best epoch | valid | test 1 / 5 / 10 | beam 5 − seq2seq's (p) |\n"
                   "|---|---|---|---|---|---|---|---|")
             for tag, res in extra:
                 settings = res.get("settings", {})
                 for name, row in res.items():
                     if not isinstance(row, dict) or "test" not in row or name == "nll_baseline":
                         continue
-                    gap = res.get("minus_seq2seq_beam5", {}).get(name)
                     print(f"| translation{tag} | {name} | {settings.get('extra_epochs')} | {settings.get('seed', 1)} | "
                           f"{row['best_epoch']} | {row['best_valid_bleu']:.2f} | {beams(row['test'])} | "
-                          f"{'–' if gap is None else f'{gap:+.2f}'} |")
+                          f"{versus_seq2seq(res, name)} |")
             print()
     elif tr:
         beam_table("translation", "**Translation** (l10n-de-en, detokenized BLEU at test beams 1 / 5 / 10; talk: "
