@@ -94,6 +94,11 @@ def main():
         if rows:
             convergence_curves(plt, rows, "de→en: valid BLEU (beam 5, own decoding) per extra epoch",
                                "translation_curves.png")
+    for tag, res in tagged_results("translation", "_"):  # longer budgets and other seeds: their own figure
+        rows = {n: r for n, r in res.items() if isinstance(r, dict) and "valid_bleu_curve" in r and n != "nll_baseline"}
+        if rows:
+            convergence_curves(plt, rows, f"de→en ({tag.lstrip('_')}): valid BLEU (beam 5, own decoding) per extra epoch",
+                               f"translation{tag}_curves.png")
     ds = load("distillation")
     pr = load("pruning")
     rows = {n: r for n, r in (ds or {}).items() if isinstance(r, dict) and "valid_bleu_curve" in r}
