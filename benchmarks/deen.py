@@ -71,12 +71,14 @@ def train(name, bin_dir, epochs, model, args, max_tokens=4000, valid_beam=None, 
         return ckpt
     settings = {"epochs_cap": epochs, "patience": patience, "valid_beam": valid_beam}
     info = run_info(name)
-    if valid_beam is not None and patience is not None and info.get("best_epoch") is not None \
-            and info["epochs"] - info["best_epoch"] >= patience:
+    # fairseq's --patience counts epochs without a strict gain: from the first epoch of the best score
+    first_best = max(info["valid_bleu_curve"], key=lambda e: (e[1], -e[0]))[0] if info.get("valid_bleu_curve") else None
+    if valid_beam is not None and patience is not None and first_best is not None \
+            and info["epochs"] - first_best >= patience:
         # an interrupted run that had already gone ``patience`` epochs without a gain: fairseq's own
         # early-stopping counter restarts in a new process, so resuming would train it longer than a run
         # that was never interrupted
-        demo.log(f"{name}: no valid BLEU gain in the {patience} epochs after epoch {info['best_epoch']}: done")
+        demo.log(f"{name}: no valid BLEU gain in the {patience} epochs after epoch {first_best}: done")
         with open(done, "w") as f:
             f.write(json.dumps({**settings, "stopped": "patience (found on resume)"}) + "\n")
         return ckpt
@@ -133,7 +135,8 @@ def run_info(name):
     if "epochs_cap" in marker:
         info["epochs_cap"] = marker["epochs_cap"]
     if curve:
-        info.update(valid_bleu_curve=curve, best_epoch=max(curve, key=lambda e: e[1])[0],
+        # the epoch of checkpoint_best.pt: fairseq keeps the later of equal scores (``is_better`` is >=)
+        info.update(valid_bleu_curve=curve, best_epoch=max(curve, key=lambda e: (e[1], e[0]))[0],
                     best_valid_bleu=max(v for _, v in curve))
     return info
 
