@@ -90,14 +90,12 @@ def main():
     if tr:
         bleu_vs_beam(plt, tr, ["pretrained", "nll_baseline", "seq2seq", "bso", "bso_stop", "bso_log_softmax",
                                "bso_log_softmax_nll"], "de→en (l10n)", "translation.png")
-        rows = {n: r for n, r in tr.items() if isinstance(r, dict) and "valid_bleu_curve" in r and n != "nll_baseline"}
-        if rows:
-            convergence_curves(plt, rows, "de→en: valid BLEU (beam 5, own decoding) per extra epoch",
-                               "translation_curves.png")
-    for tag, res in tagged_results("translation", "_"):  # longer budgets and other seeds: their own figure
+    # the measured protocol, then longer budgets and other seeds (translation_e16.json, ...): a figure each
+    for tag, res in ([("", tr)] if tr else []) + tagged_results("translation", "_"):
         rows = {n: r for n, r in res.items() if isinstance(r, dict) and "valid_bleu_curve" in r and n != "nll_baseline"}
         if rows:
-            convergence_curves(plt, rows, f"de→en ({tag.lstrip('_')}): valid BLEU (beam 5, own decoding) per extra epoch",
+            which = f" ({tag.lstrip('_')})" if tag else ""
+            convergence_curves(plt, rows, f"de→en{which}: valid BLEU (beam 5, own decoding) per extra epoch",
                                f"translation{tag}_curves.png")
     ds = load("distillation")
     pr = load("pruning")
