@@ -18,17 +18,28 @@ positional scores as differences of the cumulative scores, attention) are the ge
 tests check token-for-token and score-for-score equality against ``SequenceGenerator`` through
 ``fairseq-generate``.
 
+For fairseq's LSTM models (``--arch lstm*``: ``LSTMModel`` with fairseq's own ``LSTMDecoder``, no adaptive softmax,
+one model) the decoder step runs through ``LSTMStep`` instead of fairseq's ``forward_decoder``: the same tensor
+operations on tensors of the same shapes and strides, in the same order (so the same numbers), without fairseq's
+per-step Python work (the incremental-state dictionaries, the decoder's re-stacking of its states, module-call
+hooks, the ensemble wrapper); at batch size 1 that Python work costs more than a small student's arithmetic.
+Any other model decodes through ``forward_decoder``, with an info line saying so.
+
 What it leaves out: beam > 1, sampling, prefix tokens, lexical constraints, ``--no-repeat-ngram-size``,
 ``--match-source-len``, a language-model fusion and diverse search.  ``build`` refuses them with an error
 naming the option (it never falls back silently).  Selected in ``fairseq-generate`` with
 ``--task constrained_beam_training --lean-greedy --beam 1``.
 """
 
+import logging
 import math
-from typing import Dict, List
+from typing import Dict, List, Optional
 
 import torch
+import torch.nn.functional as F
 from fairseq.sequence_generator import SequenceGenerator
+
+logger = logging.getLogger(__name__)
 
 UNSUPPORTED = (  # generation option (fairseq's GenerationConfig): the value it must keep for the lean decoder
     ("sampling", False), ("prefix_size", 0), ("constraints", None), ("no_repeat_ngram_size", 0),
@@ -52,6 +63,112 @@ def check_generation_options(args) -> None:
                              "drop it or decode without --lean-greedy")
 
 
+class LSTMStep:
+    """One step of fairseq's ``LSTMDecoder`` (``fairseq/models/lstm.py``) in inference, for a greedy search.
+
+    ``LSTMDecoder.extract_features`` and ``output_layer`` followed by ``EnsembleModel.forward_decoder``'s
+    temperature and log-softmax, written out: embedding of the previous token, input feeding (the previous
+    attentional output concatenated to it), the LSTM cells (residual connections if the model has them), the
+    attention layer (``AttentionLayer.forward``: scores ``sum(source_hids * input_proj(h))``, padding masked,
+    softmax over the source, context, ``tanh(output_proj([context; h]))``), ``additional_fc``, the output
+    projection (shared embedding or ``fc_out``), then ``log_softmax`` to float32 (``fairseq.utils.log_softmax``).  Each operation is fairseq's,
+    on a tensor of the same shape and strides, so the log-probabilities and attention are the generator's.
+    What it skips is work whose result is the identity in inference: dropout modules (refused if dropout
+    applies during inference), an all-false padding mask, division by a temperature of 1, and the copies
+    into and out of the incremental-state dictionary.  Its state is a tuple of tensors reordered with
+    ``index_select``, as ``LSTMDecoder.reorder_incremental_state`` does.
+    """
+
+    def __init__(self, decoder):
+        self.decoder = decoder
+        self.cells = [(c.weight_ih, c.weight_hh, c.bias_ih, c.bias_hh) for c in decoder.layers]
+        att = decoder.attention
+        self.att = None if att is None else (att.input_proj.weight, att.input_proj.bias, att.output_proj.weight,
+                                            att.output_proj.bias)
+        fc = getattr(decoder, "additional_fc", None)
+        self.fc = None if fc is None else (fc.weight, fc.bias)
+        self.out = ((decoder.embed_tokens.weight, None) if decoder.share_input_output_embed
+                    else (decoder.fc_out.weight, decoder.fc_out.bias))
+
+    @staticmethod
+    def unsupported(models) -> Optional[str]:
+        """Why ``LSTMStep`` cannot replace ``forward_decoder`` for these models (``None``: it can)."""
+        from fairseq.models.lstm import LSTMDecoder, LSTMModel
+
+        if len(models) != 1:
+            return f"an ensemble of {len(models)} models"
+        model = models[0]
+        if not isinstance(model, LSTMModel) or type(model.decoder) is not LSTMDecoder:
+            return f"{type(model).__name__} with {type(getattr(model, 'decoder', None)).__name__} is not fairseq's LSTM"
+        decoder = model.decoder
+        if decoder.adaptive_softmax is not None:
+            return "adaptive softmax"
+        if decoder.onnx_trace:
+            return "ONNX tracing"
+        if decoder.encoder_output_units == 0:
+            return "no encoder (no input feeding)"
+        if decoder.training or any(d.p > 0 and d.apply_during_inference
+                                   for d in (decoder.dropout_in_module, decoder.dropout_out_module)):
+            return "dropout applies (training mode or --retain-dropout)"
+        return None
+
+    def start(self, encoder_out):
+        """The decoder's state before the first step, from ``LSTMEncoder``'s output tuple."""
+        source_hids, hiddens, cells, mask = encoder_out
+        d = self.decoder
+        hiddens = [hiddens[i] for i in range(d.num_layers)]
+        cells = [cells[i] for i in range(d.num_layers)]
+        if d.encoder_hidden_proj is not None:
+            hiddens = [d.encoder_hidden_proj(h) for h in hiddens]
+            cells = [d.encoder_cell_proj(c) for c in cells]
+        feed = source_hids.new_zeros(source_hids.size(1), d.hidden_size)
+        return self._state(source_hids, mask, hiddens, cells, feed)
+
+    @staticmethod
+    def _state(source_hids, mask, hiddens, cells, feed):
+        if mask is not None and not bool(mask.any()):
+            mask = None  # masked_fill_ with an all-false mask is the identity
+        return source_hids, mask, hiddens, cells, feed
+
+    def reorder(self, state, order):
+        source_hids, mask, hiddens, cells, feed = state
+        return self._state(source_hids.index_select(1, order), None if mask is None else mask.index_select(1, order),
+                           [h.index_select(0, order) for h in hiddens], [c.index_select(0, order) for c in cells],
+                           feed.index_select(0, order))
+
+    def __call__(self, prev_tokens, state, temperature: float = 1.0):
+        """Log-probabilities (bsz x V, float32), attention (bsz x srclen, or None) and the next state."""
+        d = self.decoder
+        source_hids, mask, hiddens, cells, feed = state
+        x = d.embed_tokens(prev_tokens.view(-1, 1)).transpose(0, 1)[0]
+        inp = torch.cat((x, feed), dim=1)
+        hiddens, cells = list(hiddens), list(cells)
+        for i, weights in enumerate(self.cells):
+            hidden, cell = torch.lstm_cell(inp, (hiddens[i], cells[i]), *weights)
+            inp = hidden + hiddens[i] if d.residuals else hidden
+            hiddens[i], cells[i] = hidden, cell
+        attn = None
+        if self.att is not None:
+            w_in, b_in, w_out, b_out = self.att
+            scores = (source_hids * F.linear(hidden, w_in, b_in).unsqueeze(0)).sum(dim=2)
+            if mask is not None:
+                scores = scores.float().masked_fill_(mask, float("-inf")).type_as(scores)
+            scores = F.softmax(scores, dim=0)
+            context = (scores.unsqueeze(2) * source_hids).sum(dim=0)
+            out = torch.tanh(F.linear(torch.cat((context, hidden), dim=1), w_out, b_out))
+            attn = scores.t()
+        else:
+            out = hidden
+        y = out.view(1, out.size(0), out.size(1)).transpose(1, 0)  # LSTMDecoder's B x T x C view
+        if self.fc is not None:
+            y = F.linear(y, *self.fc)
+        y = F.linear(y, *self.out)
+        if temperature != 1.0:
+            y = y.div_(temperature)
+        lprobs = F.log_softmax(y, dim=-1, dtype=torch.float32)[:, -1, :]  # fairseq.utils.log_softmax
+        return lprobs, attn, (source_hids, mask, hiddens, cells, out)
+
+
 class GreedyGenerator(SequenceGenerator):
     """``SequenceGenerator`` at beam 1 with the beam bookkeeping removed (same hypotheses)."""
 
@@ -62,6 +179,23 @@ class GreedyGenerator(SequenceGenerator):
         if self.repeat_ngram_blocker is not None or self.match_source_len or self.lm_model is not None:
             raise ValueError("GreedyGenerator does not implement --no-repeat-ngram-size, --match-source-len or "
                              "language-model fusion")
+        self.step_fn: Optional[LSTMStep] = None
+        self._logged: Optional[str] = None
+
+    def _decoder_step(self):
+        """``LSTMStep`` for fairseq's LSTM models in inference, else ``None`` (fairseq's ``forward_decoder``);
+        decided per call, since the model's mode can change after the generator is built."""
+        why = LSTMStep.unsupported(list(self.model.models))
+        message = ("--lean-greedy: the decoder step is LSTMStep (fairseq's LSTM decoder written out)" if why is None
+                   else f"--lean-greedy: the decoder step runs through fairseq's forward_decoder ({why})")
+        if message != self._logged:
+            logger.info(message)
+            self._logged = message
+        if why is not None:
+            return None
+        if self.step_fn is None or self.step_fn.decoder is not self.model.models[0].decoder:
+            self.step_fn = LSTMStep(self.model.models[0].decoder)
+        return self.step_fn
 
     @torch.no_grad()
     def _generate(self, sample: Dict[str, Dict[str, torch.Tensor]], prefix_tokens=None, constraints=None,
@@ -77,6 +211,8 @@ class GreedyGenerator(SequenceGenerator):
         encoder_outs = self.model.forward_encoder(net_input)
         rows = torch.arange(bsz, device=src_tokens.device)
         encoder_outs = self.model.reorder_encoder_out(encoder_outs, rows)  # as the generator does (identity)
+        step_fn = self._decoder_step()
+        state = step_fn.start(encoder_outs[0]) if step_fn is not None else None
 
         scores = torch.zeros(bsz, max_len + 1, device=src_tokens.device)  # cumulative, per step
         tokens = torch.full((bsz, max_len + 2), self.pad, dtype=torch.long, device=src_tokens.device)
@@ -87,11 +223,15 @@ class GreedyGenerator(SequenceGenerator):
         suppress = getattr(self, "token_indices_to_suppress", None)
 
         for step in range(max_len + 1):  # one extra step for </s>
-            lprobs, avg_attn = self.model.forward_decoder(tokens[:, : step + 1], encoder_outs, incremental_states,
-                                                          self.temperature)
-            lprobs[lprobs != lprobs] = -math.inf
+            if step_fn is not None:
+                lprobs, avg_attn, state = step_fn(tokens[:, step], state, self.temperature)
+            else:
+                lprobs, avg_attn = self.model.forward_decoder(tokens[:, : step + 1], encoder_outs,
+                                                              incremental_states, self.temperature)
+            lprobs = torch.nan_to_num(lprobs, nan=-math.inf, posinf=math.inf, neginf=-math.inf)
             lprobs[:, self.pad] = -math.inf
-            lprobs[:, self.unk] -= self.unk_penalty
+            if self.unk_penalty:
+                lprobs[:, self.unk] -= self.unk_penalty
             if step >= max_len:
                 lprobs[:, : self.eos] = -math.inf
                 lprobs[:, self.eos + 1:] = -math.inf
@@ -119,8 +259,11 @@ class GreedyGenerator(SequenceGenerator):
                 tokens, scores, best_score, best_token = tokens[keep], scores[keep], best_score[keep], best_token[keep]
                 if attn is not None:
                     attn = attn[keep]
-                self.model.reorder_incremental_state(incremental_states, keep)
-                encoder_outs = self.model.reorder_encoder_out(encoder_outs, keep)
+                if step_fn is not None:
+                    state = step_fn.reorder(state, keep)
+                else:
+                    self.model.reorder_incremental_state(incremental_states, keep)
+                    encoder_outs = self.model.reorder_encoder_out(encoder_outs, keep)
             assert step < max_len, f"{step} < {max_len}"
             tokens[:, step + 1] = best_token
             scores[:, step] = best_score

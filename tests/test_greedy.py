@@ -43,7 +43,9 @@ def _printed(out: str):
 ], ids=["batched", "batch1", "penalties", "max-len", "unnormalized"])
 def test_lean_greedy_prints_what_fairseqs_generator_prints(word_order_bin, varied_checkpoint, options):
     reference = _printed(harness.generate(word_order_bin, varied_checkpoint, options, beam=1).stdout)
-    lean = _printed(harness.generate(word_order_bin, varied_checkpoint, [*LEAN, *options], beam=1).stdout)
+    lean_run = harness.generate(word_order_bin, varied_checkpoint, [*LEAN, *options], beam=1)
+    assert "the decoder step is LSTMStep" in lean_run.stdout, lean_run.stdout[-2000:]
+    lean = _printed(lean_run.stdout)
     assert len(reference) == 5 * 20, f"expected S/T/H/D/P lines for 20 test sentences, got {len(reference)}"
     if "--max-len-b" not in options:
         assert len(_lengths(reference)) > 2, f"hypothesis lengths {_lengths(reference)}: batches never shrink"
@@ -95,3 +97,107 @@ def test_lean_greedy_refuses_what_it_does_not_implement(word_order_bin, nll_chec
     proc = harness.generate(word_order_bin, nll_checkpoint, [*LEAN, *options], beam=1, check=False)
     assert proc.returncode != 0 and message in proc.stdout, (
         f"expected a failure naming {message!r}, got exit {proc.returncode}:\n{proc.stdout[-1500:]}")
+
+
+def _lstm(**overrides):
+    """A random fairseq LSTMModel (float64, inference mode) built by fairseq's own ``build_model``."""
+    import argparse
+
+    from fairseq.data import Dictionary
+    from fairseq.models.lstm import LSTMModel
+
+    dictionary = Dictionary()
+    for i in range(40):
+        dictionary.add_symbol(f"w{i}")
+
+    class Task:
+        source_dictionary = target_dictionary = dictionary
+
+    settings = dict(dropout=0.3, encoder_embed_dim=12, encoder_hidden_size=10, decoder_embed_dim=8,
+                    decoder_hidden_size=10, decoder_out_embed_dim=10, adaptive_softmax_cutoff=None, encoder_layers=1,
+                    decoder_layers=1, criterion="cross_entropy")
+    args = argparse.Namespace(**{**settings, **overrides})
+    torch.manual_seed(0)
+    model = LSTMModel.build_model(args, Task())
+    with torch.no_grad():
+        for p in model.parameters():
+            p.normal_(0, 0.5)
+    return model.double().eval(), dictionary
+
+
+@pytest.mark.parametrize("config", [
+    {},                                                                             # fc_out, attention
+    {"encoder_bidirectional": True, "decoder_out_embed_dim": 6},                    # encoder projections, additional_fc
+    {"encoder_layers": 2, "decoder_layers": 2, "share_decoder_input_output_embed": True, "decoder_out_embed_dim": 8},
+    {"decoder_attention": "0"},
+    {"residuals": True, "encoder_layers": 2, "decoder_layers": 2},
+], ids=["plain", "bidirectional-fc", "two-layers-shared", "no-attention", "residuals"])
+def test_lstm_step_equals_fairseqs_decoder_step(config):
+    """``LSTMStep`` against ``LSTMDecoder.forward`` with its incremental state, step by step in float64, on a batch
+    with left padding, through a reorder that drops a sentence (as the greedy search does when one finishes)."""
+    from fairseq_bso.greedy import LSTMStep
+
+    config = dict(config)
+    residuals = config.pop("residuals", False)
+    model, dictionary = _lstm(**config)
+    model.decoder.residuals = residuals
+    assert LSTMStep.unsupported([model]) is None, LSTMStep.unsupported([model])
+    gen = torch.Generator().manual_seed(1)
+    lengths = torch.tensor([7, 6, 4])  # sorted longest first, as fairseq batches (pack_padded_sequence needs it)
+    src = torch.full((3, 7), dictionary.pad(), dtype=torch.long)
+    for row, n in enumerate(lengths.tolist()):  # left-padded, as fairseq collates sources
+        src[row, 7 - n:] = torch.randint(dictionary.nspecial, len(dictionary), (n,), generator=gen)
+    prev = torch.randint(dictionary.nspecial, len(dictionary), (3, 6), generator=gen)
+    prev[:, 0] = dictionary.eos()
+    with torch.no_grad():
+        encoder_out = model.encoder(src, lengths)
+        step, incremental = LSTMStep(model.decoder), {}
+        state = step.start(encoder_out)
+        assert state[1] is not None, "the padding mask must reach the attention"
+        for t in range(6):
+            if t == 3:  # sentence 1 finished: keep rows 2 and 0
+                order = torch.tensor([2, 0])
+                prev = prev[order]
+                model.decoder.reorder_incremental_state(incremental, order)
+                encoder_out = model.encoder.reorder_encoder_out(encoder_out, order)
+                state = step.reorder(state, order)
+            out = model.decoder(prev[:, : t + 1], encoder_out=encoder_out, incremental_state=incremental)
+            ref = model.get_normalized_probs((out[0][:, -1:, :], out[1]), log_probs=True)[:, -1, :]
+            got, attn, state = step(prev[:, t], state)
+            assert got.dtype == ref.dtype and got.shape == ref.shape, (got.dtype, ref.dtype, got.shape, ref.shape)
+            tol = 8 * torch.finfo(ref.dtype).eps * max(float(ref.abs().max()), 1.0)
+            diff = float((got - ref).abs().max())
+            assert diff <= tol, f"{config} step {t}: log-probs differ by {diff} (tol {tol})\n{got}\n{ref}"
+            if out[1] is None:
+                assert attn is None, "attention returned by a decoder without attention"
+            else:
+                ref_attn = out[1][:, -1, :]
+                diff = float((attn - ref_attn).abs().max())
+                assert diff <= 8 * torch.finfo(torch.float64).eps, f"{config} step {t}: attention differs by {diff}"
+
+
+def test_lean_greedy_without_lstm_step_decodes_through_fairseq(word_order_bin, varied_checkpoint, caplog):
+    """An ensemble is not what ``LSTMStep`` implements: the lean decoder says so and decodes through fairseq's
+    ``forward_decoder``, with the generator's hypotheses; a single LSTM model takes ``LSTMStep``."""
+    import logging
+
+    from fairseq.sequence_generator import SequenceGenerator
+    from fairseq_bso.greedy import GreedyGenerator
+
+    task, model, _, sample = harness.task_and_valid_batch(varied_checkpoint, word_order_bin)
+    model.double().eval()
+    _, other, _, _ = harness.task_and_valid_batch(varied_checkpoint, word_order_bin)
+    with torch.no_grad():
+        for p in other.parameters():
+            p.mul_(0.9)
+    other.double().eval()
+    with caplog.at_level(logging.INFO, logger="fairseq_bso.greedy"), torch.no_grad():
+        reference = SequenceGenerator([model, other], task.target_dictionary, beam_size=1).generate([model], sample)
+        lean = GreedyGenerator([model, other], task.target_dictionary, beam_size=1).generate([model], sample)
+        assert "forward_decoder (an ensemble of 2 models)" in caplog.text, caplog.text
+        GreedyGenerator([model], task.target_dictionary, beam_size=1).generate([model], sample)
+        assert "the decoder step is LSTMStep" in caplog.text, caplog.text
+    for i, (ref, got) in enumerate(zip(reference, lean)):
+        assert torch.equal(ref[0]["tokens"], got[0]["tokens"]), f"sentence {i}: {ref[0]['tokens']} vs {got[0]['tokens']}"
+        diff = float((ref[0]["positional_scores"] - got[0]["positional_scores"]).abs().max())
+        assert diff <= 8 * torch.finfo(torch.float64).eps * 10, f"sentence {i}: positional scores differ by {diff}"
