@@ -142,7 +142,8 @@ def main():
         print("|---|---|---|---|---|---|")
         for m, info in speed["models"].items():
             b1, bb = speed["batch1"][m], (full or speed)["batched"][m]
-            label = m.replace("+lean", ", `--lean-greedy`")
+            label = ("teacher greedy, `--lean-greedy`" if m == f"{next(iter(speed['models']))}+lean"
+                     else m.replace("+lean", ", `--lean-greedy`"))
             print(f"| {label} | {info['params'] / 1e6:.2f}M | {b1['words_per_sec']:.0f} | "
                   f"{b1.get('speedup_vs_teacher', 1.0):.1f} | {bb['words_per_sec']:.0f} | "
                   f"{bb.get('speedup_vs_teacher', 1.0):.1f} |")
