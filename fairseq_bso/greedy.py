@@ -137,7 +137,8 @@ class LSTMStep:
                            feed.index_select(0, order))
 
     def __call__(self, prev_tokens, state, temperature: float = 1.0):
-        """Log-probabilities (bsz x V, float32), attention (bsz x srclen, or None) and the next state."""
+        """Log-probabilities (bsz x V, float32), attention (bsz x srclen; ``None`` without an attention layer or
+        when the decoder's ``need_attn`` is off, as in ``LSTMDecoder``) and the next state."""
         d = self.decoder
         source_hids, mask, hiddens, cells, feed = state
         x = d.embed_tokens(prev_tokens.view(-1, 1)).transpose(0, 1)[0]
@@ -156,7 +157,8 @@ class LSTMStep:
             scores = F.softmax(scores, dim=0)
             context = (scores.unsqueeze(2) * source_hids).sum(dim=0)
             out = torch.tanh(F.linear(torch.cat((context, hidden), dim=1), w_out, b_out))
-            attn = scores.t()
+            if d.need_attn:  # LSTMDecoder returns attention only then (fairseq-generate: --print-alignment)
+                attn = scores.t()
         else:
             out = hidden
         y = out.view(1, out.size(0), out.size(1)).transpose(1, 0)  # LSTMDecoder's B x T x C view

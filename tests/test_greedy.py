@@ -130,8 +130,9 @@ def _lstm(**overrides):
     {"encoder_bidirectional": True, "decoder_out_embed_dim": 6},                    # encoder projections, additional_fc
     {"encoder_layers": 2, "decoder_layers": 2, "share_decoder_input_output_embed": True, "decoder_out_embed_dim": 8},
     {"decoder_attention": "0"},
+    {"need_attn": False},                                                           # fairseq-generate's setting
     {"residuals": True, "encoder_layers": 2, "decoder_layers": 2},
-], ids=["plain", "bidirectional-fc", "two-layers-shared", "no-attention", "residuals"])
+], ids=["plain", "bidirectional-fc", "two-layers-shared", "no-attention", "no-need-attn", "residuals"])
 def test_lstm_step_equals_fairseqs_decoder_step(config):
     """``LSTMStep`` against ``LSTMDecoder.forward`` with its incremental state, step by step in float64, on a batch
     with left padding, through a reorder that drops a sentence (as the greedy search does when one finishes)."""
@@ -139,8 +140,10 @@ def test_lstm_step_equals_fairseqs_decoder_step(config):
 
     config = dict(config)
     residuals = config.pop("residuals", False)
+    need_attn = config.pop("need_attn", True)
     model, dictionary = _lstm(**config)
     model.decoder.residuals = residuals
+    model.decoder.need_attn = need_attn
     assert LSTMStep.unsupported([model]) is None, LSTMStep.unsupported([model])
     gen = torch.Generator().manual_seed(1)
     lengths = torch.tensor([7, 6, 4])  # sorted longest first, as fairseq batches (pack_padded_sequence needs it)
@@ -169,7 +172,7 @@ def test_lstm_step_equals_fairseqs_decoder_step(config):
             diff = float((got - ref).abs().max())
             assert diff <= tol, f"{config} step {t}: log-probs differ by {diff} (tol {tol})\n{got}\n{ref}"
             if out[1] is None:
-                assert attn is None, "attention returned by a decoder without attention"
+                assert attn is None, f"{config} step {t}: attention returned where LSTMDecoder returns none"
             else:
                 ref_attn = out[1][:, -1, :]
                 diff = float((attn - ref_attn).abs().max())
