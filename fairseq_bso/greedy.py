@@ -74,8 +74,9 @@ class LSTMStep:
     projection (shared embedding or ``fc_out``), then ``log_softmax`` to float32 (``fairseq.utils.log_softmax``).  Each operation is fairseq's,
     on a tensor of the same shape and strides, so the log-probabilities and attention are the generator's.
     What it skips is work whose result is the identity in inference: dropout modules (refused if dropout
-    applies during inference), an all-false padding mask, division by a temperature of 1, and the copies
-    into and out of the incremental-state dictionary.  Its state is a tuple of tensors reordered with
+    applies during inference), masking with an all-false padding mask (the float32 round trip around it is
+    kept for other dtypes), division by a temperature of 1, and the copies into and out of the
+    incremental-state dictionary.  It reads the weights when it is built, once per ``generate`` call.  Its state is a tuple of tensors reordered with
     ``index_select``, as ``LSTMDecoder.reorder_incremental_state`` does.
     """
 
@@ -93,21 +94,24 @@ class LSTMStep:
     @staticmethod
     def unsupported(models) -> Optional[str]:
         """Why ``LSTMStep`` cannot replace ``forward_decoder`` for these models (``None``: it can)."""
-        from fairseq.models.lstm import LSTMDecoder, LSTMModel
+        from fairseq.models.lstm import LSTMDecoder, LSTMEncoder, LSTMModel
 
         if len(models) != 1:
             return f"an ensemble of {len(models)} models"
         model = models[0]
-        if not isinstance(model, LSTMModel) or type(model.decoder) is not LSTMDecoder:
-            return f"{type(model).__name__} with {type(getattr(model, 'decoder', None)).__name__} is not fairseq's LSTM"
+        parts = (type(model), type(getattr(model, "encoder", None)), type(getattr(model, "decoder", None)))
+        if parts != (LSTMModel, LSTMEncoder, LSTMDecoder):  # a subclass may override what LSTMStep writes out
+            return f"{'/'.join(t.__name__ for t in parts)} is not fairseq's LSTMModel/LSTMEncoder/LSTMDecoder"
         decoder = model.decoder
+        if any(m._forward_hooks or m._forward_pre_hooks for m in decoder.modules()):
+            return "forward hooks on the decoder"
         if decoder.adaptive_softmax is not None:
             return "adaptive softmax"
         if decoder.onnx_trace:
             return "ONNX tracing"
         if decoder.encoder_output_units == 0:
             return "no encoder (no input feeding)"
-        if decoder.training or any(d.p > 0 and d.apply_during_inference
+        if decoder.training or any(d.p > 0 and (d.training or d.apply_during_inference)
                                    for d in (decoder.dropout_in_module, decoder.dropout_out_module)):
             return "dropout applies (training mode or --retain-dropout)"
         return None
@@ -154,6 +158,8 @@ class LSTMStep:
             scores = (source_hids * F.linear(hidden, w_in, b_in).unsqueeze(0)).sum(dim=2)
             if mask is not None:
                 scores = scores.float().masked_fill_(mask, float("-inf")).type_as(scores)
+            elif scores.dtype != torch.float32:  # fairseq's mask is always a tensor: keep its round trip
+                scores = scores.float().type_as(scores)  # through float32 (not the identity for float64)
             scores = F.softmax(scores, dim=0)
             context = (scores.unsqueeze(2) * source_hids).sum(dim=0)
             out = torch.tanh(F.linear(torch.cat((context, hidden), dim=1), w_out, b_out))
@@ -181,23 +187,18 @@ class GreedyGenerator(SequenceGenerator):
         if self.repeat_ngram_blocker is not None or self.match_source_len or self.lm_model is not None:
             raise ValueError("GreedyGenerator does not implement --no-repeat-ngram-size, --match-source-len or "
                              "language-model fusion")
-        self.step_fn: Optional[LSTMStep] = None
         self._logged: Optional[str] = None
 
     def _decoder_step(self):
         """``LSTMStep`` for fairseq's LSTM models in inference, else ``None`` (fairseq's ``forward_decoder``);
-        decided per call, since the model's mode can change after the generator is built."""
+        decided and built per ``generate`` call, since the model can change after the generator is built."""
         why = LSTMStep.unsupported(list(self.model.models))
         message = ("--lean-greedy: the decoder step is LSTMStep (fairseq's LSTM decoder written out)" if why is None
                    else f"--lean-greedy: the decoder step runs through fairseq's forward_decoder ({why})")
         if message != self._logged:
             logger.info(message)
             self._logged = message
-        if why is not None:
-            return None
-        if self.step_fn is None or self.step_fn.decoder is not self.model.models[0].decoder:
-            self.step_fn = LSTMStep(self.model.models[0].decoder)
-        return self.step_fn
+        return None if why is not None else LSTMStep(self.model.models[0].decoder)
 
     @torch.no_grad()
     def _generate(self, sample: Dict[str, Dict[str, torch.Tensor]], prefix_tokens=None, constraints=None,

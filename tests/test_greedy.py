@@ -133,9 +133,13 @@ def _lstm(**overrides):
     {"need_attn": False},                                                           # fairseq-generate's setting
     {"residuals": True, "encoder_layers": 2, "decoder_layers": 2},
 ], ids=["plain", "bidirectional-fc", "two-layers-shared", "no-attention", "no-need-attn", "residuals"])
-def test_lstm_step_equals_fairseqs_decoder_step(config):
-    """``LSTMStep`` against ``LSTMDecoder.forward`` with its incremental state, step by step in float64, on a batch
-    with left padding, through a reorder that drops a sentence (as the greedy search does when one finishes)."""
+@pytest.mark.parametrize("padded", [True, False], ids=["padded", "no-padding"])
+def test_lstm_step_equals_fairseqs_decoder_step(config, padded):
+    """``LSTMStep`` against ``LSTMDecoder.forward`` with its incremental state, step by step in float64, with and
+    without left padding, through a reorder that drops a sentence (as the greedy search does when one finishes).
+    Equality is exact: both run the same operations on tensors of the same shapes and strides, so any difference
+    (a skipped float32 round trip in the attention, say, which moves float64 log-probs by about 1e-7) is a
+    change of computation, not rounding noise."""
     from fairseq_bso.greedy import LSTMStep
 
     config = dict(config)
@@ -146,7 +150,7 @@ def test_lstm_step_equals_fairseqs_decoder_step(config):
     model.decoder.need_attn = need_attn
     assert LSTMStep.unsupported([model]) is None, LSTMStep.unsupported([model])
     gen = torch.Generator().manual_seed(1)
-    lengths = torch.tensor([7, 6, 4])  # sorted longest first, as fairseq batches (pack_padded_sequence needs it)
+    lengths = torch.tensor([7, 6, 4] if padded else [7, 7, 7])  # longest first, as fairseq batches them
     src = torch.full((3, 7), dictionary.pad(), dtype=torch.long)
     for row, n in enumerate(lengths.tolist()):  # left-padded, as fairseq collates sources
         src[row, 7 - n:] = torch.randint(dictionary.nspecial, len(dictionary), (n,), generator=gen)
@@ -156,7 +160,7 @@ def test_lstm_step_equals_fairseqs_decoder_step(config):
         encoder_out = model.encoder(src, lengths)
         step, incremental = LSTMStep(model.decoder), {}
         state = step.start(encoder_out)
-        assert state[1] is not None, "the padding mask must reach the attention"
+        assert (state[1] is not None) == padded, f"padding mask {state[1]} for a batch of lengths {lengths}"
         for t in range(6):
             if t == 3:  # sentence 1 finished: keep rows 2 and 0
                 order = torch.tensor([2, 0])
@@ -168,15 +172,36 @@ def test_lstm_step_equals_fairseqs_decoder_step(config):
             ref = model.get_normalized_probs((out[0][:, -1:, :], out[1]), log_probs=True)[:, -1, :]
             got, attn, state = step(prev[:, t], state)
             assert got.dtype == ref.dtype and got.shape == ref.shape, (got.dtype, ref.dtype, got.shape, ref.shape)
-            tol = 8 * torch.finfo(ref.dtype).eps * max(float(ref.abs().max()), 1.0)
-            diff = float((got - ref).abs().max())
-            assert diff <= tol, f"{config} step {t}: log-probs differ by {diff} (tol {tol})\n{got}\n{ref}"
+            assert torch.equal(got, ref), (f"{config} step {t}: log-probs differ by {float((got - ref).abs().max())}"
+                                           f"\n{got}\n{ref}")
             if out[1] is None:
                 assert attn is None, f"{config} step {t}: attention returned where LSTMDecoder returns none"
             else:
                 ref_attn = out[1][:, -1, :]
-                diff = float((attn - ref_attn).abs().max())
-                assert diff <= 8 * torch.finfo(torch.float64).eps, f"{config} step {t}: attention differs by {diff}"
+                assert torch.equal(attn, ref_attn), (
+                    f"{config} step {t}: attention differs by {float((attn - ref_attn).abs().max())}")
+
+
+def test_lstm_step_refuses_what_it_does_not_write_out():
+    """A subclass, a forward hook or dropout that applies: ``LSTMStep`` steps aside (fairseq's forward_decoder)."""
+    from fairseq.models.lstm import LSTMModel
+    from fairseq_bso.greedy import LSTMStep
+
+    model, _ = _lstm()
+    assert LSTMStep.unsupported([model]) is None, LSTMStep.unsupported([model])
+    assert "an ensemble of 2" in LSTMStep.unsupported([model, model])
+    handle = model.decoder.layers[0].register_forward_hook(lambda *args: None)
+    assert LSTMStep.unsupported([model]) == "forward hooks on the decoder"
+    handle.remove()
+    model.decoder.dropout_out_module.train()
+    assert "dropout applies" in (LSTMStep.unsupported([model]) or ""), LSTMStep.unsupported([model])
+    model.eval()
+
+    class Mine(LSTMModel):
+        pass
+
+    model.__class__ = Mine
+    assert "is not fairseq's LSTMModel" in (LSTMStep.unsupported([model]) or ""), LSTMStep.unsupported([model])
 
 
 def test_lean_greedy_without_lstm_step_decodes_through_fairseq(word_order_bin, varied_checkpoint, caplog):
@@ -200,6 +225,7 @@ def test_lean_greedy_without_lstm_step_decodes_through_fairseq(word_order_bin, v
         assert "forward_decoder (an ensemble of 2 models)" in caplog.text, caplog.text
         GreedyGenerator([model], task.target_dictionary, beam_size=1).generate([model], sample)
         assert "the decoder step is LSTMStep" in caplog.text, caplog.text
+    assert len(reference) == len(lean) == sample["id"].numel(), (len(reference), len(lean))
     for i, (ref, got) in enumerate(zip(reference, lean)):
         assert torch.equal(ref[0]["tokens"], got[0]["tokens"]), f"sentence {i}: {ref[0]['tokens']} vs {got[0]['tokens']}"
         ref_scores, got_scores = ref[0]["positional_scores"], got[0]["positional_scores"]
