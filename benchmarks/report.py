@@ -77,6 +77,31 @@ def recipe_table(name, title):
     print()
 
 
+def seed_summary(first, extra):
+    """Each row's beam-5 gap to seq2seq per seed at the 8-epoch budget (seed 1: translation.json), with the mean
+    and the sample standard deviation over the seeds that have both rows."""
+    import statistics
+
+    budget = first["settings"]["extra_epochs"]
+    runs = [(1, first)] + [(res["settings"]["seed"], res) for _, res in extra
+                           if res.get("settings", {}).get("seed", 1) != 1
+                           and res["settings"].get("extra_epochs") == budget]
+    rows = sorted({n for _, res in runs for n in res.get("minus_seq2seq_beam5", {})})
+    lines = []
+    for name in rows:
+        gaps = [(seed, res["minus_seq2seq_beam5"][name]) for seed, res in runs
+                if name in res.get("minus_seq2seq_beam5", {})]
+        if len(gaps) < 2:
+            continue
+        values = [g for _, g in gaps]
+        lines.append(f"| {name} | {', '.join(f'{s}: {g:+.2f}' for s, g in gaps)} | {statistics.mean(values):+.2f} | "
+                     f"{statistics.stdev(values):.2f} |")
+    if lines:
+        print(f"**Translation across seeds** ({budget} extra epochs; test beam 5 minus seq2seq's of the same seed)\n")
+        print("| row | seed: gap | mean | sd |\n|---|---|---|---|")
+        print("\n".join(lines) + "\n")
+
+
 def main():
     recipe_table("bso_recipe_v2", "**BSO levers, 12 extra epochs** (`bso_recipe_v2.json`)")
     recipe_table("bso_recipe_long", "**BSO levers, the longer budget** (`bso_recipe_long.json`: 30 extra epochs this session)")
@@ -115,6 +140,7 @@ def main():
                           f"{row['best_epoch']} | {row['best_valid_bleu']:.2f} | {beams(row['test'])} | "
                           f"{versus_seq2seq(res, name)} |")
             print()
+        seed_summary(tr, extra)
     elif tr:
         beam_table("translation", "**Translation** (l10n-de-en, detokenized BLEU at test beams 1 / 5 / 10; talk: "
                    "IWSLT14 de-en)", ("pretrained", "seq2seq", "bso"))
