@@ -1,6 +1,7 @@
 """``--lean-greedy`` (``fairseq_bso.greedy``): the hypotheses of fairseq's generator at ``--beam 1``, through
 ``fairseq-generate`` and in process, and a clear error for every option it does not implement."""
 
+import copy
 import re
 
 import pytest
@@ -214,11 +215,10 @@ def test_lean_greedy_without_lstm_step_decodes_through_fairseq(word_order_bin, v
 
     task, model, _, sample = harness.task_and_valid_batch(varied_checkpoint, word_order_bin)
     model.double().eval()
-    _, other, _, _ = harness.task_and_valid_batch(varied_checkpoint, word_order_bin)
+    other = copy.deepcopy(model)
     with torch.no_grad():
         for p in other.parameters():
             p.mul_(0.9)
-    other.double().eval()
     with caplog.at_level(logging.INFO, logger="fairseq_bso.greedy"), torch.no_grad():
         reference = SequenceGenerator([model, other], task.target_dictionary, beam_size=1).generate([model], sample)
         lean = GreedyGenerator([model, other], task.target_dictionary, beam_size=1).generate([model], sample)
