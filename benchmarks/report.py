@@ -166,15 +166,15 @@ def main():
               "sentences)\n")
         print("| model | params | batch 1: words/s | × teacher | batched: words/s | × teacher |")
         print("|---|---|---|---|---|---|")
+        teacher = next(iter(speed["models"]))
         for m, info in speed["models"].items():
             b1, bb = speed["batch1"][m], (full or speed)["batched"][m]
-            label = ("teacher greedy, `--lean-greedy`" if m == f"{next(iter(speed['models']))}+lean"
+            label = ("teacher greedy, `--lean-greedy`" if m == f"{teacher}+lean"
                      else m.replace("+lean", ", `--lean-greedy`"))
             print(f"| {label} | {info['params'] / 1e6:.2f}M | {b1['words_per_sec']:.0f} | "
                   f"{b1.get('speedup_vs_teacher', 1.0):.1f} | {bb['words_per_sec']:.0f} | "
                   f"{bb.get('speedup_vs_teacher', 1.0):.1f} |")
         print()
-        teacher = next(iter(speed["models"]))
         if ds and teacher in ds and speed["models"][teacher]["beam"] == 5:  # BLEU at beam 5 is what ds holds
             print("**Size, speed and BLEU** (students greedy with `--lean-greedy`, against the teacher's beam 5 "
                   "with fairseq's generator; BLEU from `distillation.json`)\n")
@@ -182,7 +182,7 @@ def main():
             print("|---|---|---|---|---|---|")
             print(f"| teacher, beam 5 | {speed['models'][teacher]['params'] / 1e6:.2f}M | "
                   f"{ds[teacher]['bleu_beam5']:.2f} (beam 5) | – | 1.0 | 1.0 |")
-            for m in ("student", "seq_kd", "seq_kd_small", "teacher"):
+            for m in ("student", "seq_kd", "seq_kd_small", teacher):
                 lean = f"{m}+lean"
                 b1, bb = speed["batch1"].get(lean), (full or speed)["batched"].get(lean)
                 if not (b1 and bb and m in ds):
