@@ -106,7 +106,7 @@ def main():
             results["paired_bootstrap_beam5"] = paired_bootstrap(beam5, refs)
     results["missing"] = missing
     print(results)
-    write_results(results_name(args.extra_epochs, args.seed), results, started, settings=args)
+    write_results(results_name(args.extra_epochs, args.seed), results, started, settings=args, seeds=[args.seed])
 
 
 def paired_bootstrap(hypotheses, references, samples=1000):
