@@ -193,8 +193,8 @@ def main():
             print()
     pr = load("pruning")
     if pr and "rows" in pr:
-        print("**Pruning** the converged Seq-KD student, retrained until valid BLEU stopped improving (test BLEU "
-              "greedy / beam 5)\n")
+        print("**Pruning** the converged Seq-KD student, retrained until valid BLEU stopped improving or an epoch "
+              "cap (the table says which; test BLEU greedy / beam 5)\n")
         print("| scheme | pruned | BLEU | lost vs 0% (greedy / beam 5) | best epoch / epochs | non-zero params | "
               "sparse copy |\n|---|---|---|---|---|---|---|")
         rows = [(r, "") for r in pr["rows"].values()]
