@@ -16,10 +16,12 @@ Protocol (fixed before the runs):
   learning curve); the checkpoint with the best valid BLEU; detokenized sacrebleu test BLEU at beams 1/5/10;
 * rows (``--rows``): ``seq2seq`` (token NLL, lr 5e-4), ``bso`` (the paper: raw-logit score, SB-Δ, curriculum
   2 → 6 one epoch per K, Adam 1.5e-3 — the learning rate at which the raw-score climb reached continued NLL
-  on word ordering, ``bso_recipe_long.json``; ``--bso-decoding``), ``bso_stop`` (+ ``--bso-learn-to-stop``),
+  on word ordering, ``bso_recipe_long.json``; ``--bso-decoding``), ``bso_stop`` (+ ``--bso-learn-to-stop`` as
+  the step was until commit 5ac75c7), ``bso_stop_at_finish`` (+ ``--bso-learn-to-stop``, the current step),
   ``bso_log_softmax`` (the defaults: prefix log-probability score, gold K-th → (K−1)-th; fairseq's standard
   beam); ``bso_log_softmax_nll`` (the defaults + 1·token NLL, ``--bso-nll-weight 1``: continued NLL's own gain
-  kept under the margin loss, after Edunov et al. 2018's mixtures).
+  kept under the margin loss, after Edunov et al. 2018's mixtures); ``bso_log_softmax_nll0.5`` and
+  ``bso_log_softmax_nll2`` (the same with λ = 0.5 and λ = 2: the weight's ablation).
 
     python3 benchmarks/translation.py                          # all rows, one after another
     python3 benchmarks/translation.py --only bso               # train one row (parallel processes)
@@ -51,12 +53,23 @@ RAW = ["--bso-score", "logit", "--bso-gold-kth", "self"]
 ROWS = {
     "seq2seq": (["--criterion", "cross_entropy", "--lr", "0.0005"], []),
     "bso": ([*BSO, *RAW, "--lr", "0.0015"], ["--task", "constrained_beam_training", "--bso-decoding"]),
+    # the learning-to-stop step as it was until commit 5ac75c7 (a finished hypothesis compared at the gold's last
+    # step only, discarded by a reset); its run and results date from then: the code no longer trains it
     "bso_stop": ([*BSO, *RAW, "--lr", "0.0015", "--bso-learn-to-stop"],
                  ["--task", "constrained_beam_training", "--bso-decoding"]),
+    # the same options with the current step: a finished hypothesis is compared with the gold's final score
+    # at the step where it finishes
+    "bso_stop_at_finish": ([*BSO, *RAW, "--lr", "0.0015", "--bso-learn-to-stop"],
+                           ["--task", "constrained_beam_training", "--bso-decoding"]),
     "bso_log_softmax": ([*BSO, "--bso-score", "log_softmax", "--bso-gold-kth", "previous", "--lr", "0.0005"],
                         ["--task", "constrained_beam_training"]),
     "bso_log_softmax_nll": ([*BSO, "--bso-score", "log_softmax", "--bso-gold-kth", "previous", "--bso-nll-weight", "1",
                              "--lr", "0.0005"], ["--task", "constrained_beam_training"]),
+    # the NLL weight λ either side of 1 (issue 12's λ·NLL lever), one change per row
+    "bso_log_softmax_nll0.5": ([*BSO, "--bso-score", "log_softmax", "--bso-gold-kth", "previous",
+                                "--bso-nll-weight", "0.5", "--lr", "0.0005"], ["--task", "constrained_beam_training"]),
+    "bso_log_softmax_nll2": ([*BSO, "--bso-score", "log_softmax", "--bso-gold-kth", "previous",
+                              "--bso-nll-weight", "2", "--lr", "0.0005"], ["--task", "constrained_beam_training"]),
 }
 
 

@@ -34,27 +34,35 @@ Learning to stop (optional, ``stop=True``; after Ma, Zheng and Huang, NAACL 2019
 paper's search treats ``</s>`` as an ordinary token and never compares hypotheses of
 different lengths, while a decoder that finalizes at ``</s>`` (fairseq's generator, and
 ``--bso-decoding``) picks the best finished hypothesis across lengths.  With ``stop`` the
-training search does what the generator does, as a named step (:func:`finish_hypotheses`):
+training search does what the generator does, as a named step (:func:`best_finished`):
 
 * at a step t before the gold's last step, an item ending in ``</s>`` that ranks in the top K
-  of the step's candidates leaves the beam for a *finished set*, and the beam holds the top K
+  of the step's candidates *finishes*: it leaves the beam, and the beam holds the top K
   unfinished items (the generator keeps K active hypotheses the same way); the margin check
   at t compares the gold with the K-th *unfinished* item;
-* the finished set holds the hypotheses finished since the last reset (a reset discards the
-  beam they came from);
-* at the gold's last step (the gold emits ``</s>``) the rival is the best of the paper's
-  best incorrect item and the best finished hypothesis: a finished incorrect hypothesis whose
-  score f(``</s>``) comes within the margin of the gold's final f(``</s>``) is a violation,
-  and its loss term is Δ·[1 − f_T(y) + f_{t'}(ŷ)] with ŷ the finished hypothesis (which ends
-  at t' < T); Δ compares its segment (up to t') with the gold's (up to T).
+* the decoder will compare a finished hypothesis with the gold's *final* score, so that is
+  what training compares it with, at the step where it finishes: the best hypothesis ŷ
+  finishing at t is a violation when f_t(ŷ) + 1 > f_T(y), with f_T(y) the gold's score at its
+  last step T (:func:`gold_final_scores`, a teacher-forced pass over the gold before the
+  search: the gold path does not depend on the beam).  Its loss term is
+  Δ·[1 − f_T(y) + f_t(ŷ)]; with the ``log_softmax`` score both sides are summed from the
+  segment's start (the gold to T, ŷ to t); Δ compares ŷ's segment (to t) with the gold's (to
+  T).  Like any violation it resets the beam to the gold prefix y_{1:t} (so each violating
+  segment keeps a single path).  When step t also has an ordinary violation, the one with the
+  larger rival-minus-gold gap is the step's violation (the ordinary one on a tie);
+* at the gold's last step the rival is the paper's best incorrect item.
 * Where this differs from Ma et al.: only the abstract and introduction of their paper were
   available to read here.  They also propose a new ranking with a stopping criterion for
   decoding; this step changes training only (``--bso-decoding`` is fairseq's generator: it
-  stops when K hypotheses have finished and returns the best f(``</s>``)).  Their loss
-  penalizes suboptimal finished candidates found by the training beam; this step takes the
-  single best finished rival of a segment, as the paper's last step takes the single best
-  incorrect sequence.  Hypotheses longer than the gold are never compared (the search stops
-  with the gold).
+  stops when K hypotheses have finished and returns the best f(``</s>``); fairseq's standard
+  beam, used with the ``log_softmax`` score, compares finished hypotheses by length-normalized
+  scores, which this step does not model).  Their loss penalizes suboptimal finished
+  candidates found by the training beam; this step takes the single best one of each step.
+  Hypotheses longer than the gold are never compared (the search stops with the gold).
+* History: until 2026-12-02 a finished hypothesis was compared only at the gold's last step
+  and only if no reset came between (a reset discarded it).  On translation it fired rarely
+  (0.03 per sentence), nothing held the early ``</s>`` scores down, and outputs grew too short
+  (``benchmarks/results/translation.json``, row ``bso_stop``): this step replaced it.
 
 Ties and dead rows: a beam slot without a valid item (the first step, right after
 a reset, or when fewer than K successors exist, e.g. K ≥ vocabulary) scores −inf;
@@ -107,7 +115,7 @@ class SearchResult:
     beam_size: int
     segment_start: Tensor = None  # long: first step of the segment that step t belongs to (after the last reset)
     score: str = "logit"  # the score f the search ranked by (see SCORES)
-    rival_step: Tensor = None  # long: the step of the rival's last token (t, or t' < t for a finished rival)
+    gold_step: Tensor = None  # long: the step of the gold score step t compares with (t; T for a finished rival)
 
 
 #: Decoder dropout during the two passes:
@@ -259,7 +267,7 @@ def bso_search(
     """Algorithm 1's forward pass for a batch: ``target`` is (B, T), right-padded, ending in ``</s>``.
 
     ``score`` (see :data:`SCORES`), ``gold_kth`` (see :data:`GOLD_KTH`) and ``stop`` (the
-    learning-to-stop step, :func:`finish_hypotheses`) select the levers; ``dropout`` is the
+    learning-to-stop step, :func:`best_finished`) select the levers; ``dropout`` is the
     :class:`SharedDropout` bank when the decoder runs with shared dropout masks.
 
     Only the *live* beam items are run through the decoder: one row per sentence
@@ -300,12 +308,12 @@ def bso_search(
             b = int(internal_eos.any(1).nonzero()[0])
             raise ValueError(f"the learning-to-stop step needs targets whose only </s> is the last token; "
                              f"target row {b} has an internal </s> (a literal '</s>' word in the data?)")
+        gold_final = gold_final_scores(model, encoder_out, target, last_step, eos, cumulative, dropout)
 
     back_slot = target.new_zeros(B, T, K)  # parent slot (at t-1) of the item in slot k after step t
     back_token = target.new_zeros(B, T, K)  # its last token
     rival_item = target.new_zeros(B, T)  # the rival's index slot * V + token at its last step
-    rival_step = torch.arange(T, device=device).repeat(B, 1)  # the step of the rival's last token
-    finished = None  # learning to stop: the best finished hypothesis since the last reset
+    gold_step = torch.arange(T, device=device).repeat(B, 1)  # the step of the gold score each step compares with
     seg_start = target.new_zeros(B, T)  # segment_start at step t
     violation = torch.zeros(B, T, dtype=torch.bool, device=device)
     reset = torch.zeros_like(violation)
@@ -354,7 +362,7 @@ def bso_search(
         gold_score = row_scores[gold_row.clamp(min=0), target[:, t]]
         gold_score = gold_score.masked_fill(gold_row < 0, NEG_INF)  # a sentence whose gold has ended
         if stop:
-            finished = finish_hypotheses(finished, row_eos, row_slot, top_scores, t, V, eos)
+            finished_score, finished_item = best_finished(row_eos, row_slot, top_scores, V, eos)
 
         # The rival: ŷ^(K) before the last step; the best incorrect item at the last step.
         final = t == last_step
@@ -365,16 +373,20 @@ def bso_search(
         rival_pos = torch.where(final, best_incorrect, kth)
         rival_score = top_scores.gather(1, rival_pos.unsqueeze(1)).squeeze(1)
         rival_item[:, t] = top_idx.gather(1, rival_pos.unsqueeze(1)).squeeze(1)
-        if stop:  # at the last step a finished hypothesis may be the best incorrect one
-            use_finished = final & (finished.score > rival_score)
-            rival_score = torch.where(use_finished, finished.score, rival_score)
-            rival_item[:, t] = torch.where(use_finished, finished.item, rival_item[:, t])
-            rival_step[:, t] = torch.where(use_finished, finished.step, rival_step[:, t])
         active = t <= last_step
         violated = active & (gold_score < rival_score + margin)
+        compared_gold = gold_score
+        if stop:  # a finished hypothesis within the margin of the gold's final score is a violation
+            finished_violated = finished_score + margin > gold_final  # −inf (none) never is
+            use_finished = finished_violated & (~violated | (finished_score - gold_final > rival_score - gold_score))
+            rival_score = torch.where(use_finished, finished_score, rival_score)
+            compared_gold = torch.where(use_finished, gold_final, gold_score)
+            rival_item[:, t] = torch.where(use_finished, finished_item, rival_item[:, t])
+            gold_step[:, t] = torch.where(use_finished, last_step, gold_step[:, t])
+            violated = violated | finished_violated
 
         violation[:, t] = violated
-        gold_scores[:, t] = gold_score
+        gold_scores[:, t] = compared_gold
         rival_scores[:, t] = rival_score
         seg_start[:, t] = segment_start
         if t == T - 1:
@@ -392,8 +404,6 @@ def bso_search(
         live &= (t + 1 <= last_step).unsqueeze(1)  # a sentence whose gold has ended leaves the search
         gold_slot = torch.where(do_reset, torch.zeros_like(gold_slot), gold_in_top)
         segment_start = torch.where(do_reset, torch.full_like(segment_start, t + 1), segment_start)
-        if stop:  # a reset discards the hypotheses finished in the segment
-            finished.score.masked_fill_(do_reset, NEG_INF)
         back_slot[:, t] = next_slot
         back_token[:, t] = next_token
         if cumulative:  # the new items' prefix scores; after a reset the gold prefix's
@@ -412,53 +422,64 @@ def bso_search(
                 state = constraint.step(constraint.reorder(state, parent_row), prev_token)
 
     with record_function("bso.search.paths_and_delta"):
-        violating_tokens = violating_paths(violation, rival_item, seg_start, back_slot, back_token, target, V,
-                                           rival_step)
-        delta = segment_costs(violation, seg_start, violating_tokens, target, cost, rival_step)
+        violating_tokens = violating_paths(violation, rival_item, seg_start, back_slot, back_token, target, V)
+        delta = segment_costs(violation, seg_start, violating_tokens, target, cost, gold_step)
     return SearchResult(violation, reset, delta, violating_tokens, gold_scores, rival_scores, K, seg_start, score,
-                        rival_step)
+                        gold_step)
 
 
-@dataclass
-class Finished:
-    """The best finished hypothesis of each sentence since its last reset (B each)."""
+def gold_final_scores(model, encoder_out, target: Tensor, last_step: Tensor, eos: int, cumulative: bool,
+                      dropout: Optional["SharedDropout"] = None) -> Tensor:
+    """The learning-to-stop step's reference point, f_T(y) for every sentence (B,): the gold's
+    score at its last step T — the raw logit of its ``</s>`` (``logit``), or its summed
+    log-probability S(y_{1:T}) (``log_softmax``) — from an incremental teacher-forced pass of
+    the decoder over the gold (B rows, T steps; with ``dropout`` the search's shared masks).
+    The gold path does not depend on the beam, so this is the score the search meets at T."""
+    decoder = model.decoder
+    B, T = target.shape
+    sentence = torch.arange(B, device=target.device)
+    inputs = torch.cat([target.new_full((B, 1), eos), target[:, :-1]], 1)
+    incremental_state: dict = {}
+    final = None
+    for t in range(T):
+        if dropout is not None:
+            dropout.begin_step(t, sentence)
+        logits = upcast(decoder(inputs[:, : t + 1], encoder_out=encoder_out, incremental_state=incremental_state)[0][:, -1, :])
+        if cumulative:
+            logits = torch.log_softmax(logits, dim=-1)
+        step = logits.gather(1, target[:, t : t + 1]).squeeze(1)
+        if final is None:
+            final = torch.zeros_like(step)
+        if cumulative:
+            final = final + step.masked_fill(t > last_step, 0.0)
+        else:
+            final = torch.where(last_step == t, step, final)
+    return final
 
-    score: Tensor  # f(</s>) of the hypothesis (−inf: none)
-    step: Tensor  # the step of its </s>
-    item: Tensor  # slot * V + </s>, slot its parent's beam slot at step - 1
 
-
-def finish_hypotheses(finished: Optional[Finished], row_eos: Tensor, row_slot: Tensor, top_scores: Tensor, t: int,
-                      V: int, eos: int) -> Finished:
-    """The learning-to-stop step: the ``</s>`` candidates of step t that rank in the top K of
-    all the step's candidates (``top_scores`` holds the top K unfinished ones, best first)
-    finish; each sentence keeps its best finished hypothesis.  ``row_eos``: each computed
-    row's f(``</s>``), −inf where ``</s>`` is the gold's own last token (not a finished rival).
-    """
+def best_finished(row_eos: Tensor, row_slot: Tensor, top_scores: Tensor, V: int, eos: int):
+    """The learning-to-stop step at step t: the ``</s>`` candidates that rank in the top K of all
+    the step's candidates (``top_scores`` holds the top K unfinished ones, best first) finish;
+    returns each sentence's best finished score (−inf: none) and its item (slot · V + ``</s>``,
+    slot its parent's beam slot).  ``row_eos``: each computed row's f(``</s>``), −inf where
+    ``</s>`` is the gold's own last token (not a finished rival)."""
     B, K = top_scores.shape
-    if finished is None:
-        finished = Finished(top_scores.new_full((B,), NEG_INF), row_slot.new_zeros(B), row_slot.new_zeros(B))
     eos_cand = top_scores.new_full((B * K,), NEG_INF).index_copy_(0, row_slot, row_eos).view(B, K)
     _, pos = torch.cat([top_scores, eos_cand], 1).topk(K, dim=1)  # the top K of all candidates
     in_top = torch.zeros(B, 2 * K, dtype=torch.bool, device=pos.device).scatter_(1, pos, True)[:, K:]
     best, best_slot = eos_cand.masked_fill(~in_top, NEG_INF).max(1)
-    better = best > finished.score
-    return Finished(torch.where(better, best, finished.score), torch.where(better, t, finished.step),
-                    torch.where(better, best_slot * V + eos, finished.item))
+    return best, best_slot * V + eos
 
 
 def violating_paths(violation: Tensor, rival_item: Tensor, seg_start: Tensor, back_slot: Tensor,
-                    back_token: Tensor, target: Tensor, V: int, rival_step: Optional[Tensor] = None) -> Tensor:
+                    back_token: Tensor, target: Tensor, V: int) -> Tensor:
     """The violating path: the gold, except in each violating segment the rival's tokens,
-    read from the back-pointers (one vectorized pass over the steps, for all violations).
-    A rival that finished at t' < t (``rival_step``) fills the segment up to t' only."""
+    read from the back-pointers (one vectorized pass over the steps, for all violations)."""
     tokens = target.clone()
     b, t = violation.nonzero(as_tuple=True)
     if b.numel() == 0:
         return tokens
     item = rival_item[b, t]
-    if rival_step is not None:
-        t = rival_step[b, t]
     slot = torch.div(item, V, rounding_mode="floor")  # the rival's parent slot at step t - 1
     tokens[b, t] = item - slot * V
     start = seg_start[b, t]
@@ -472,10 +493,10 @@ def violating_paths(violation: Tensor, rival_item: Tensor, seg_start: Tensor, ba
 
 
 def segment_costs(violation: Tensor, segment_start: Tensor, violating_tokens: Tensor, target: Tensor,
-                  cost: Callable[..., Tensor], rival_step: Optional[Tensor] = None) -> Tensor:
+                  cost: Callable[..., Tensor], gold_step: Optional[Tensor] = None) -> Tensor:
     """Δ for every violation at once: its segment runs from ``segment_start`` at the violation
-    step (the step after the previous reset, or 0) to the violation step (for the violating
-    path: to ``rival_step``, earlier when the rival is a finished hypothesis)."""
+    step (the step after the previous reset, or 0) to the violation step (for the gold: to
+    ``gold_step``, the gold's last step when the rival is a finished hypothesis)."""
     B, T = violation.shape
     delta = torch.zeros(B, T, device=target.device)
     b_idx, t_idx = violation.nonzero(as_tuple=True)
@@ -483,9 +504,9 @@ def segment_costs(violation: Tensor, segment_start: Tensor, violating_tokens: Te
         return delta
     steps = torch.arange(T, device=target.device).unsqueeze(0)
     start = segment_start[b_idx, t_idx].unsqueeze(1)
-    gold_mask = (steps >= start) & (steps <= t_idx.unsqueeze(1))
-    end = t_idx if rival_step is None else rival_step[b_idx, t_idx]
-    mask = (steps >= start) & (steps <= end.unsqueeze(1))
+    gold_end = t_idx if gold_step is None else gold_step[b_idx, t_idx]
+    gold_mask = (steps >= start) & (steps <= gold_end.unsqueeze(1))
+    mask = (steps >= start) & (steps <= t_idx.unsqueeze(1))
     delta[b_idx, t_idx] = cost(violating_tokens[b_idx], target[b_idx], mask, gold_mask).to(delta.dtype)
     return delta
 
@@ -571,8 +592,15 @@ def rescore(model, encoder_out, target: Tensor, result: SearchResult, pad: int, 
         idx = reset[:, t].nonzero().view(-1)
         order[B + idx] = idx
         reset_rows[t + 1] = order
-    # steps after the last violation of every sentence carry no margin loss
-    needed = int(violation.nonzero()[:, 1].max().item()) + 1 if violation.any() else 1
+    # steps after the last violation of every sentence carry no margin loss (a finished rival's
+    # term reads the gold's score at its last step)
+    steps_used = result.gold_step.index_select(0, keep) if result.gold_step is not None else None
+    if not violation.any():
+        needed = 1
+    elif steps_used is None:
+        needed = int(violation.nonzero()[:, 1].max().item()) + 1
+    else:
+        needed = int(steps_used[violation].max().item()) + 1
     if nll:
         needed = T
     cumulative = result.score == "log_softmax"
@@ -603,11 +631,12 @@ def rescore(model, encoder_out, target: Tensor, result: SearchResult, pad: int, 
     return Rescored(full.index_copy(0, keep, f[:B]), full.index_copy(0, keep, f[B:]), None)
 
 
-def segment_sums(step_scores: Tensor, segment_start: Tensor) -> Tensor:
-    """Σ_{j=s..t} step_scores[:, j] for every t, s = ``segment_start[:, t]`` (cumulative sums)."""
+def segment_sums(step_scores: Tensor, segment_start: Tensor, end: Optional[Tensor] = None) -> Tensor:
+    """Σ_{j=s..e} step_scores[:, j] for every t, s = ``segment_start[:, t]`` and e = ``end[:, t]``
+    (t itself without ``end``), from cumulative sums."""
     cum = step_scores.cumsum(1)
     before = torch.cat([cum.new_zeros(cum.size(0), 1), cum], 1).gather(1, segment_start)
-    return cum - before
+    return (cum if end is None else cum.gather(1, end)) - before
 
 
 def bso_loss(gold: Tensor, violating: Tensor, result: SearchResult, margin: float = 1.0) -> Tensor:
@@ -615,12 +644,14 @@ def bso_loss(gold: Tensor, violating: Tensor, result: SearchResult, margin: floa
 
     ``logit``: f is the step's logit.  ``log_softmax``: f is the segment's summed
     log-probability (the prefixes before the segment are the same gold prefix and cancel).
+    The gold's side is read at ``result.gold_step`` (the violation step, or the gold's last
+    step when the rival is a hypothesis that finished at t: the learning-to-stop step).
     """
     if result.score == "log_softmax":
-        gold = segment_sums(gold, result.segment_start)
+        gold = segment_sums(gold, result.segment_start, result.gold_step)
         violating = segment_sums(violating, result.segment_start)
-    if result.rival_step is not None:  # a finished rival scores at its own last step
-        violating = violating.gather(1, result.rival_step)
+    elif result.gold_step is not None:  # a finished rival is compared with the gold's last step
+        gold = gold.gather(1, result.gold_step)
     terms = result.delta * (margin - gold + violating)
     return torch.where(result.violation, terms, torch.zeros_like(terms)).sum()
 

@@ -12,9 +12,10 @@ Levers, as ``fairseq_bso.training_search`` documents them:
   ``"previous"``: then the (K−1)-th item is;
 * :func:`reference_nll`: −Σ_t log p(y_t | y_<t) over the whole gold;
 * ``stop=True`` (learning to stop): before the gold's last step, a candidate ending in
-  </s> that ranks in the top K leaves the beam for the finished list (emptied at a reset),
-  the beam is the top K of the other candidates, and at the last step the rival is the best
-  of the incorrect candidates and the finished list;
+  </s> that ranks in the top K finishes (leaves the candidates: the beam is the top K of the
+  others); the best one finishing at t is a violation when its score + margin exceeds the
+  whole gold's score (and the step's ordinary violation, if any, has a smaller rival-minus-gold
+  gap); its loss term and Δ compare it with the whole gold from the segment's start;
 * :func:`reference_dropout`: shared dropout masks (``--bso-dropout shared``) applied to the
   full-prefix passes, read from the vectorized run's mask bank by (step, call) position.
 """
@@ -56,7 +57,9 @@ def reference_bso(model, src_tokens, src_lengths, gold, beam_size, invalid, cost
     beam = [[]]  # prefixes
     segment_start = 0
     violations, resets, deltas, loss_terms = [], [], {}, []
-    finished = []  # stop: (score, prefix) of the hypotheses finished since the last reset
+    if stop:
+        with torch.no_grad():
+            gold_final = prefix_score(model, src_tokens, src_lengths, gold, eos, score).item()
     for t in range(T):
         candidates = []
         with torch.no_grad():
@@ -72,35 +75,38 @@ def reference_bso(model, src_tokens, src_lengths, gold, beam_size, invalid, cost
                         continue
                     candidates.append((base + step[w].item(), prefix + [w]))
         candidates.sort(key=lambda c: -c[0])
+        finished = []
         if stop and t < T - 1:
-            finished += [c for c in candidates[:beam_size] if c[1][-1] == eos]
+            finished = [c for c in candidates[:beam_size] if c[1][-1] == eos]
             candidates = [c for c in candidates if c[1][-1] != eos]
         gold_prefix = gold[: t + 1]
         gold_score = next(s for s, p in candidates if p == gold_prefix)
         if t == T - 1:
             incorrect = [c for c in candidates if c[1] != gold_prefix]
             rival = incorrect[0] if incorrect else None
-            best_finished = max(finished, key=lambda c: c[0]) if finished else None
-            if best_finished is not None and (rival is None or best_finished[0] > rival[0]):
-                rival = best_finished
         else:
             rival = candidates[beam_size - 1] if len(candidates) >= beam_size else None
             if rival is not None and rival[1] == gold_prefix and gold_kth == "previous":
                 rival = candidates[beam_size - 2]
-        if rival is not None and gold_score < rival[0] + margin:
+        compared = gold_prefix  # the gold the rival is compared with
+        ordinary = rival is not None and gold_score < rival[0] + margin
+        if finished:
+            best = max(finished, key=lambda c: c[0])
+            if best[0] + margin > gold_final and (not ordinary or best[0] - gold_final > rival[0] - gold_score):
+                rival, compared, ordinary = best, gold, True
+        if ordinary:
             violations.append(t)
             violating = rival[1]
-            delta = cost(violating[segment_start:], gold_prefix[segment_start:])
+            delta = cost(violating[segment_start:], compared[segment_start:])
             deltas[t] = delta
             # the terms with autograd: gold and violating prefixes scored from scratch
-            f_gold = prefix_score(model, src_tokens, src_lengths, gold_prefix, eos, score)
+            f_gold = prefix_score(model, src_tokens, src_lengths, compared, eos, score)
             f_viol = prefix_score(model, src_tokens, src_lengths, violating, eos, score)
             loss_terms.append(delta * (margin - f_gold + f_viol))
             if t < T - 1:
                 resets.append(t)
                 beam = [gold_prefix]
                 segment_start = t + 1
-                finished = []
         else:
             beam = [p for _, p in candidates[:beam_size]]
     loss = sum(loss_terms) if loss_terms else torch.zeros(())

@@ -196,8 +196,9 @@ def stop_batch(d, seed):
 
 @pytest.mark.parametrize("seed,K,score,cost", STOP_CASES)
 def test_learning_to_stop_equals_reference(seed, K, score, cost):
-    """The learning-to-stop step (finished hypotheses leave the beam; the best finished one is a
-    last-step rival) against the literal reference, float64: violations, resets, Δ, loss, gradients."""
+    """The learning-to-stop step (finished hypotheses leave the beam; the best one finishing at a
+    step is a violation when it comes within the margin of the whole gold's score) against the
+    literal reference, float64: violations, resets, Δ, loss, gradients."""
     d = make_dict()
     model = stop_model(d, seed, score)
     model.train()
@@ -220,20 +221,23 @@ def test_learning_to_stop_equals_reference(seed, K, score, cost):
 
 
 def test_learning_to_stop_cases_have_finished_rivals():
-    """Some stop case's last-step violation has a finished hypothesis as its rival (else the
-    step's loss term would be untested), and the step changes the search's rivals (finished
-    items leave the beam, so the K-th item differs)."""
+    """Some stop cases' violations have a finished hypothesis as their rival, some of them with a
+    reset after (else the step's loss term and reset would be untested), and the step changes
+    the search's rivals (finished items leave the beam, so the K-th item differs)."""
     d = make_dict()
-    finished_rivals = changed = 0
+    finished_rivals = finished_resets = changed = 0
     for seed, K, score, cost in STOP_CASES:
         model = stop_model(d, seed, score)
         srcs, golds = stop_batch(d, seed)
         with_stop, _ = vectorized(model, d, srcs, golds, K, cost, score, stop=True)
         without, _ = vectorized(model, d, srcs, golds, K, cost, score, stop=False)
         steps = torch.arange(with_stop.violation.size(1)).expand_as(with_stop.violation)
-        finished_rivals += int((with_stop.violation & (with_stop.rival_step < steps)).sum())
+        finished = with_stop.violation & (with_stop.gold_step > steps)
+        finished_rivals += int(finished.sum())
+        finished_resets += int((finished & with_stop.reset).sum())
         changed += int(not torch.equal(with_stop.rival_scores, without.rival_scores))
     assert finished_rivals > 0, "no case has a finished rival"
+    assert finished_resets > 0, "no finished rival is followed by a reset"
     assert changed > 0, "the learning-to-stop step never changed a rival"
 
 

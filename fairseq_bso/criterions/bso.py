@@ -77,8 +77,8 @@ class BSOConfig(FairseqDataclass):
     bso_learn_to_stop: bool = field(
         default=False,
         metadata={"help": "learning to stop (after Ma et al. 2019): a hypothesis ending in </s> before the gold "
-                          "ends leaves the training beam for a finished set, and at the gold's last step the best "
-                          "finished hypothesis is a rival of the gold's final score (see training_search)"})
+                          "ends leaves the training beam, and it is a violation when its score comes within the "
+                          "margin of the gold's final score (see training_search)"})
 
 
 def reset_optimizer_state(optimizer) -> None:
@@ -241,9 +241,9 @@ class BSOCriterion(FairseqCriterion):
             "bso_beam": self.beam_size * nsentences,
             "bso_margin_loss": margin_loss.data,
         }
-        if self.stop:  # last-step violations whose rival is a finished (shorter) hypothesis
+        if self.stop:  # violations whose rival is a finished (shorter) hypothesis
             steps = torch.arange(target.size(1), device=target.device)
-            logging_output["bso_finished_rivals"] = (result.violation & (result.rival_step < steps)).sum().item()
+            logging_output["bso_finished_rivals"] = (result.violation & (result.gold_step > steps)).sum().item()
         if nll is not None:
             logging_output["bso_nll"] = nll.data
         return nonfinite.guard(loss, nsentences, logging_output, model, sample)
