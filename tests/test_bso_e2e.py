@@ -154,8 +154,8 @@ def test_levers_train_through_fairseq_train(word_order_bin, nll_checkpoint, tmp_
 
 @pytest.mark.parametrize("score", ["logit", "log_softmax"])
 def test_learning_to_stop_trains_through_fairseq_train(word_order_bin, nll_checkpoint, tmp_path, score):
-    """--bso-learn-to-stop reaches the search through fairseq-train: the share of last-step
-    violations won by a finished (shorter) hypothesis is logged, and the run trains."""
+    """--bso-learn-to-stop reaches the search through fairseq-train: the number of violations per
+    sentence whose rival is a finished (shorter) hypothesis is logged, and the run trains."""
     proc = harness.train(word_order_bin, str(tmp_path), criterion=[*BSO, "--bso-score", score, "--bso-learn-to-stop"],
                          max_epoch=1, extra=["--finetune-from-model", nll_checkpoint, *TASK])
     line = re.search(r"\| train \| epoch 001 \|.*", proc.stdout).group(0)
