@@ -39,7 +39,9 @@ training search does what the generator does, as a named step (:func:`best_finis
 * at a step t before the gold's last step, an item ending in ``</s>`` that ranks in the top K
   of the step's candidates *finishes*: it leaves the beam, and the beam holds the top K
   unfinished items (the generator keeps K active hypotheses the same way); the margin check
-  at t compares the gold with the K-th *unfinished* item;
+  at t still compares the gold with the K-th of *all* the step's candidates, finishing ones
+  included (in fairseq's generator K finished hypotheses end the search, so one that finishes
+  above the gold competes with it at its step, as in the paper's search);
 * the decoder will compare a finished hypothesis with the gold's *final* score, so that is
   what training compares it with, at the step where it finishes: the best hypothesis ŷ
   finishing at t is a violation when f_t(ŷ) + 1 > f_T(y), with f_T(y) the gold's score at its
@@ -59,10 +61,15 @@ training search does what the generator does, as a named step (:func:`best_finis
   scores, which this step does not model).  Their loss penalizes suboptimal finished
   candidates found by the training beam; this step takes the single best one of each step.
   Hypotheses longer than the gold are never compared (the search stops with the gold).
-* History: until 2026-12-02 a finished hypothesis was compared only at the gold's last step
-  and only if no reset came between (a reset discarded it).  On translation it fired rarely
-  (0.03 per sentence), nothing held the early ``</s>`` scores down, and outputs grew too short
-  (``benchmarks/results/translation.json``, row ``bso_stop``): this step replaced it.
+* History, on translation with raw logits (``benchmarks/results/translation.json``, row
+  ``bso_stop``; ``translation_stop_at_finish_partial.json``): until 2026-12-02 a finished
+  hypothesis was compared only at the gold's last step, if no reset had discarded it, and the
+  margin check ranked the gold among the unfinished items only; outputs grew too short (greedy
+  length ratio 0.80 after one epoch, against 0.99 for the NLL start).  Comparing the finished
+  hypothesis with the gold's final score where it finishes (commit 58462d3) did not change that
+  (0.80 after one epoch, 0.73 after two).  The likely cause: a ``</s>`` item that was kept out
+  of the margin check is never pushed down at its step while every other competitor is, so
+  ``</s>`` becomes the argmax off the gold.  Hence the check above ranks finishing items too.
 
 Ties and dead rows: a beam slot without a valid item (the first step, right after
 a reset, or when fewer than K successors exist, e.g. K ≥ vocabulary) scores −inf;
@@ -361,18 +368,20 @@ def bso_search(
         gold_row = slot_row[sentence * K + gold_slot]
         gold_score = row_scores[gold_row.clamp(min=0), target[:, t]]
         gold_score = gold_score.masked_fill(gold_row < 0, NEG_INF)  # a sentence whose gold has ended
-        if stop:
-            finished_score, finished_item = best_finished(row_eos, row_slot, top_scores, V, eos)
+        ranked_scores, ranked_idx = top_scores, top_idx  # the top K the margin check ranks the gold in
+        if stop:  # finishing items leave the beam but still rank (they are the step's candidates too)
+            finished_score, finished_item, ranked_scores, ranked_idx = best_finished(row_eos, row_slot, top_scores,
+                                                                                     top_idx, V, eos)
 
         # The rival: ŷ^(K) before the last step; the best incorrect item at the last step.
         final = t == last_step
-        best_incorrect = (top_idx[:, 0] == gold_idx).long()
+        best_incorrect = (ranked_idx[:, 0] == gold_idx).long()
         kth = torch.full_like(best_incorrect, K - 1)
         if gold_kth == "previous":  # the gold is the K-th item: the rival is the (K-1)-th instead of itself
-            kth = kth - (top_idx[:, K - 1] == gold_idx).long()
+            kth = kth - (ranked_idx[:, K - 1] == gold_idx).long()
         rival_pos = torch.where(final, best_incorrect, kth)
-        rival_score = top_scores.gather(1, rival_pos.unsqueeze(1)).squeeze(1)
-        rival_item[:, t] = top_idx.gather(1, rival_pos.unsqueeze(1)).squeeze(1)
+        rival_score = ranked_scores.gather(1, rival_pos.unsqueeze(1)).squeeze(1)
+        rival_item[:, t] = ranked_idx.gather(1, rival_pos.unsqueeze(1)).squeeze(1)
         active = t <= last_step
         violated = active & (gold_score < rival_score + margin)
         compared_gold = gold_score
@@ -457,18 +466,22 @@ def gold_final_scores(model, encoder_out, target: Tensor, last_step: Tensor, eos
     return final
 
 
-def best_finished(row_eos: Tensor, row_slot: Tensor, top_scores: Tensor, V: int, eos: int):
+def best_finished(row_eos: Tensor, row_slot: Tensor, top_scores: Tensor, top_idx: Tensor, V: int, eos: int):
     """The learning-to-stop step at step t: the ``</s>`` candidates that rank in the top K of all
-    the step's candidates (``top_scores`` holds the top K unfinished ones, best first) finish;
-    returns each sentence's best finished score (−inf: none) and its item (slot · V + ``</s>``,
-    slot its parent's beam slot).  ``row_eos``: each computed row's f(``</s>``), −inf where
-    ``</s>`` is the gold's own last token (not a finished rival)."""
+    the step's candidates (``top_scores``/``top_idx`` hold the top K unfinished ones, best first)
+    finish.  Returns each sentence's best finished score (−inf: none) and its item (slot · V +
+    ``</s>``, slot its parent's beam slot), and the top K of all the candidates, finishing ones
+    included (scores and items, best first: what the margin check ranks the gold in).
+    ``row_eos``: each computed row's f(``</s>``), −inf where ``</s>`` is the gold's own last
+    token (not a finished rival)."""
     B, K = top_scores.shape
     eos_cand = top_scores.new_full((B * K,), NEG_INF).index_copy_(0, row_slot, row_eos).view(B, K)
-    _, pos = torch.cat([top_scores, eos_cand], 1).topk(K, dim=1)  # the top K of all candidates
+    eos_idx = torch.arange(K, device=top_idx.device).mul_(V).add_(eos).expand(B, K)
+    ranked_scores, pos = torch.cat([top_scores, eos_cand], 1).topk(K, dim=1)  # the top K of all candidates
+    ranked_idx = torch.cat([top_idx, eos_idx], 1).gather(1, pos)
     in_top = torch.zeros(B, 2 * K, dtype=torch.bool, device=pos.device).scatter_(1, pos, True)[:, K:]
     best, best_slot = eos_cand.masked_fill(~in_top, NEG_INF).max(1)
-    return best, best_slot * V + eos
+    return best, best_slot * V + eos, ranked_scores, ranked_idx
 
 
 def violating_paths(violation: Tensor, rival_item: Tensor, seg_start: Tensor, back_slot: Tensor,

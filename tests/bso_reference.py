@@ -12,10 +12,11 @@ Levers, as ``fairseq_bso.training_search`` documents them:
   ``"previous"``: then the (K−1)-th item is;
 * :func:`reference_nll`: −Σ_t log p(y_t | y_<t) over the whole gold;
 * ``stop=True`` (learning to stop): before the gold's last step, a candidate ending in
-  </s> that ranks in the top K finishes (leaves the candidates: the beam is the top K of the
-  others); the best one finishing at t is a violation when its score + margin exceeds the
-  whole gold's score (and the step's ordinary violation, if any, has a smaller rival-minus-gold
-  gap); its loss term and Δ compare it with the whole gold from the segment's start;
+  </s> that ranks in the top K finishes (the next beam is the top K of the others; the K-th
+  item of the margin check is still taken among all candidates); the best one finishing at t
+  is a violation when its score + margin exceeds the whole gold's score (and the step's
+  ordinary violation, if any, has a smaller rival-minus-gold gap); its loss term and Δ compare
+  it with the whole gold from the segment's start;
 * :func:`reference_dropout`: shared dropout masks (``--bso-dropout shared``) applied to the
   full-prefix passes, read from the vectorized run's mask bank by (step, call) position.
 """
@@ -75,10 +76,10 @@ def reference_bso(model, src_tokens, src_lengths, gold, beam_size, invalid, cost
                         continue
                     candidates.append((base + step[w].item(), prefix + [w]))
         candidates.sort(key=lambda c: -c[0])
-        finished = []
+        finished, unfinished = [], candidates
         if stop and t < T - 1:
             finished = [c for c in candidates[:beam_size] if c[1][-1] == eos]
-            candidates = [c for c in candidates if c[1][-1] != eos]
+            unfinished = [c for c in candidates if c[1][-1] != eos]
         gold_prefix = gold[: t + 1]
         gold_score = next(s for s, p in candidates if p == gold_prefix)
         if t == T - 1:
@@ -108,7 +109,7 @@ def reference_bso(model, src_tokens, src_lengths, gold, beam_size, invalid, cost
                 beam = [gold_prefix]
                 segment_start = t + 1
         else:
-            beam = [p for _, p in candidates[:beam_size]]
+            beam = [p for _, p in unfinished[:beam_size]]
     loss = sum(loss_terms) if loss_terms else torch.zeros(())
     return violations, resets, loss, deltas
 
