@@ -89,7 +89,8 @@ def main():
     tr = load("translation")
     if tr:
         bleu_vs_beam(plt, tr, ["pretrained", "nll_baseline", "seq2seq", "bso", "bso_stop", "bso_log_softmax",
-                               "bso_log_softmax_nll"], "de→en (l10n)", "translation.png")
+                               "bso_log_softmax_nll", "bso_log_softmax_nll0.5", "bso_log_softmax_nll2"], "de→en (l10n)",
+                       "translation.png")
     # the measured protocol, then longer budgets and other seeds (translation_e16.json, ...): a figure each
     for tag, res in ([("", tr)] if tr else []) + tagged_results("translation", "_"):
         rows = {n: r for n, r in res.items() if isinstance(r, dict) and "valid_bleu_curve" in r and n != "nll_baseline"}

@@ -294,6 +294,50 @@ def test_shared_dropout_equals_reference(seed, K, score, out_dim):
     assert_grads_equal(g_vec, grads(model, ref_loss))
 
 
+@pytest.mark.parametrize("seed,K,score", [(0, 3, "logit"), (1, 4, "log_softmax"), (2, 3, "logit")])
+def test_learning_to_stop_with_shared_dropout_equals_reference(seed, K, score):
+    """--bso-learn-to-stop with --bso-dropout shared: the gold's final score (the teacher-forced pass
+    before the search) and the search's finished rivals use the same masks as the re-scoring;
+    against the literal reference run with those masks (float64): violations, resets, loss,
+    gradients, with at least one finished rival among the cases' violations."""
+    d = make_dict()
+    torch.manual_seed(40 + seed)
+    enc = LSTMEncoder(d, embed_dim=8, hidden_size=8, num_layers=1, dropout_in=0.0, dropout_out=0.0,
+                      padding_idx=d.pad())
+    dec = LSTMDecoder(d, embed_dim=8, hidden_size=8, out_embed_dim=8, num_layers=1, dropout_in=0.3,
+                      dropout_out=0.3, encoder_output_units=enc.output_units)
+    model = LSTMModel(enc, dec).double()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.mul_(4.0 if score == "logit" else 2.0)
+        model.decoder.fc_out.bias[d.eos()] += 4.0 if score == "logit" else 2.0  # hypotheses finish early
+    model.train()
+    srcs, golds = stop_batch(d, seed)
+    src, lengths, target = left_pad(srcs, d.pad()), torch.tensor([len(x) for x in srcs]), right_pad(golds, d.pad())
+    torch.manual_seed(seed)
+    enc_out = model.encoder(src, src_lengths=lengths)
+    with decoder_dropout(model.decoder, "shared", len(srcs)) as shared:
+        result = bso_search(model, enc_out, target, K, d.pad(), d.eos(), d.bos(), COSTS["zero_one"], score=score,
+                            stop=True, dropout=shared)
+        scored = rescore(model, enc_out, target, result, d.pad(), d.eos(), dropout=shared)
+    loss = bso_loss(scored.gold, scored.violating, result)
+    g_vec = grads(model, loss)
+    ref_loss = 0.0
+    for b, (s, g) in enumerate(zip(srcs, golds)):
+        with reference_dropout(model.decoder, shared.masks, b):
+            viols, resets, l_b, _ = reference_bso(model, torch.tensor([s]), torch.tensor([len(s)]), g, K,
+                                                  {d.pad(), d.bos()}, list_cost("zero_one"), d.eos(), score=score,
+                                                  stop=True)
+        assert result.violation[b].nonzero().view(-1).tolist() == viols, f"sentence {b}"
+        assert result.reset[b].nonzero().view(-1).tolist() == resets, f"sentence {b}"
+        ref_loss = ref_loss + l_b
+    steps = torch.arange(target.size(1)).expand_as(result.violation)
+    finished = int((result.violation & (result.gold_step > steps)).sum())
+    assert finished > 0, f"no finished rival among {int(result.violation.sum())} violations"
+    assert_loss_equal(loss.item(), ref_loss)
+    assert_grads_equal(g_vec, grads(model, ref_loss))
+
+
 def test_shared_dropout_is_dropout():
     """The shared masks are real dropout: the loss differs from the dropout-off loss, masks
     differ across sentences and steps, and their entries are 0 or 1 / (1 − p)."""
