@@ -72,6 +72,13 @@ ROWS = {
                               "--bso-nll-weight", "2", "--lr", "0.0005"], ["--task", "constrained_beam_training"]),
 }
 
+# rows whose run is older than the code that now trains their options
+ROW_NOTES = {
+    "bso_stop": "trained at commit d42a5a2, with the learning-to-stop step as it was until 5ac75c7 (a finished "
+                "hypothesis compared only at the gold's last step, and only if no reset had discarded it; the gold "
+                "ranked among the unfinished items only); the current code trains row bso_stop_at_finish instead",
+}
+
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
@@ -109,6 +116,8 @@ def main():
             return
         test, outputs = deen.bleu(bin_dir, ckpt, run, refs, args.beams, extra=decode)
         results[name] = {"train": train, "decoding": decode, "test": test, **deen.run_info(run)}
+        if name in ROW_NOTES:
+            results[name]["note"] = ROW_NOTES[name]
         if "5" in outputs:
             beam5[name] = parse_hypotheses(outputs["5"], len(refs), detok=True)
     if "seq2seq" in results:  # the target: BSO ≥ seq2seq + 1 at beam 5 (and its beam 5 ≥ its beam 1)
