@@ -253,15 +253,10 @@ DROPOUT_CASES = [(seed, K, score, out_dim) for seed in range(3)
                  for K, score, out_dim in ((2, "logit", 8), (3, "log_softmax", 6), (5, "logit", 6))]
 
 
-@pytest.mark.parametrize("seed,K,score,out_dim", DROPOUT_CASES)
-def test_shared_dropout_equals_reference(seed, K, score, out_dim):
-    """--bso-dropout shared: the search and the re-scoring with the decoder's dropout on (p = 0.3,
-    masks shared by sentence and step) against the literal reference run with the same masks
-    (float64): violations, resets, loss, gradients.  ``out_dim`` != hidden size adds the
-    decoder's ``additional_fc`` and its dropout."""
-    d = make_dict()
-    torch.manual_seed(30 + seed)
-    layers = 1 + seed % 2
+def dropout_model(d, seed, layers, out_dim, score, eos_boost=0.0):
+    """A float64 LSTM model whose decoder has dropout 0.3 (inputs and outputs), in train mode;
+    ``eos_boost`` raises the </s> logit so that hypotheses finish early."""
+    torch.manual_seed(seed)
     enc = LSTMEncoder(d, embed_dim=8, hidden_size=8, num_layers=layers, dropout_in=0.0, dropout_out=0.0,
                       padding_idx=d.pad())
     dec = LSTMDecoder(d, embed_dim=8, hidden_size=8, out_embed_dim=out_dim, num_layers=layers, dropout_in=0.3,
@@ -270,55 +265,20 @@ def test_shared_dropout_equals_reference(seed, K, score, out_dim):
     with torch.no_grad():
         for p in model.parameters():
             p.mul_(4.0 if score == "logit" else 2.0)
-    model.train()
-    srcs, golds = random_batch(d, random.Random(300 + seed), batch=5)
+        model.decoder.fc_out.bias[d.eos()] += eos_boost
+    return model.train()
+
+
+def shared_dropout_against_reference(model, d, srcs, golds, K, score, mask_seed, stop=False):
+    """Search, re-scoring and loss with shared dropout masks, checked against the literal reference
+    run with the same masks (float64): violations and resets per sentence, the loss, the gradients.
+    Returns the search result."""
     src, lengths, target = left_pad(srcs, d.pad()), torch.tensor([len(x) for x in srcs]), right_pad(golds, d.pad())
-    torch.manual_seed(seed)
+    torch.manual_seed(mask_seed)
     enc_out = model.encoder(src, src_lengths=lengths)
     with decoder_dropout(model.decoder, "shared", len(srcs)) as shared:
         result = bso_search(model, enc_out, target, K, d.pad(), d.eos(), d.bos(), COSTS["zero_one"], score=score,
-                            dropout=shared)
-        scored = rescore(model, enc_out, target, result, d.pad(), d.eos(), dropout=shared)
-    loss = bso_loss(scored.gold, scored.violating, result)
-    g_vec = grads(model, loss)
-    ref_loss = 0.0
-    for b, (s, g) in enumerate(zip(srcs, golds)):
-        with reference_dropout(model.decoder, shared.masks, b):
-            viols, resets, l_b, _ = reference_bso(model, torch.tensor([s]), torch.tensor([len(s)]), g, K,
-                                                  {d.pad(), d.bos()}, list_cost("zero_one"), d.eos(), score=score)
-        assert result.violation[b].nonzero().view(-1).tolist() == viols, f"sentence {b}"
-        assert result.reset[b].nonzero().view(-1).tolist() == resets, f"sentence {b}"
-        ref_loss = ref_loss + l_b
-    assert result.reset.any()
-    assert_loss_equal(loss.item(), ref_loss)
-    assert_grads_equal(g_vec, grads(model, ref_loss))
-
-
-@pytest.mark.parametrize("seed,K,score", [(0, 3, "logit"), (1, 4, "log_softmax"), (2, 3, "logit")])
-def test_learning_to_stop_with_shared_dropout_equals_reference(seed, K, score):
-    """--bso-learn-to-stop with --bso-dropout shared: the gold's final score (the teacher-forced pass
-    before the search) and the search's finished rivals use the same masks as the re-scoring;
-    against the literal reference run with those masks (float64): violations, resets, loss,
-    gradients, with at least one finished rival among the cases' violations."""
-    d = make_dict()
-    torch.manual_seed(40 + seed)
-    enc = LSTMEncoder(d, embed_dim=8, hidden_size=8, num_layers=1, dropout_in=0.0, dropout_out=0.0,
-                      padding_idx=d.pad())
-    dec = LSTMDecoder(d, embed_dim=8, hidden_size=8, out_embed_dim=8, num_layers=1, dropout_in=0.3,
-                      dropout_out=0.3, encoder_output_units=enc.output_units)
-    model = LSTMModel(enc, dec).double()
-    with torch.no_grad():
-        for p in model.parameters():
-            p.mul_(4.0 if score == "logit" else 2.0)
-        model.decoder.fc_out.bias[d.eos()] += 4.0 if score == "logit" else 2.0  # hypotheses finish early
-    model.train()
-    srcs, golds = stop_batch(d, seed)
-    src, lengths, target = left_pad(srcs, d.pad()), torch.tensor([len(x) for x in srcs]), right_pad(golds, d.pad())
-    torch.manual_seed(seed)
-    enc_out = model.encoder(src, src_lengths=lengths)
-    with decoder_dropout(model.decoder, "shared", len(srcs)) as shared:
-        result = bso_search(model, enc_out, target, K, d.pad(), d.eos(), d.bos(), COSTS["zero_one"], score=score,
-                            stop=True, dropout=shared)
+                            stop=stop, dropout=shared)
         scored = rescore(model, enc_out, target, result, d.pad(), d.eos(), dropout=shared)
     loss = bso_loss(scored.gold, scored.violating, result)
     g_vec = grads(model, loss)
@@ -327,15 +287,41 @@ def test_learning_to_stop_with_shared_dropout_equals_reference(seed, K, score):
         with reference_dropout(model.decoder, shared.masks, b):
             viols, resets, l_b, _ = reference_bso(model, torch.tensor([s]), torch.tensor([len(s)]), g, K,
                                                   {d.pad(), d.bos()}, list_cost("zero_one"), d.eos(), score=score,
-                                                  stop=True)
+                                                  stop=stop)
         assert result.violation[b].nonzero().view(-1).tolist() == viols, f"sentence {b}"
         assert result.reset[b].nonzero().view(-1).tolist() == resets, f"sentence {b}"
         ref_loss = ref_loss + l_b
-    steps = torch.arange(target.size(1)).expand_as(result.violation)
-    finished = int((result.violation & (result.gold_step > steps)).sum())
-    assert finished > 0, f"no finished rival among {int(result.violation.sum())} violations"
     assert_loss_equal(loss.item(), ref_loss)
     assert_grads_equal(g_vec, grads(model, ref_loss))
+    return result
+
+
+@pytest.mark.parametrize("seed,K,score,out_dim", DROPOUT_CASES)
+def test_shared_dropout_equals_reference(seed, K, score, out_dim):
+    """--bso-dropout shared: the search and the re-scoring with the decoder's dropout on (p = 0.3,
+    masks shared by sentence and step) against the literal reference run with the same masks
+    (float64): violations, resets, loss, gradients.  ``out_dim`` != hidden size adds the
+    decoder's ``additional_fc`` and its dropout."""
+    d = make_dict()
+    model = dropout_model(d, 30 + seed, 1 + seed % 2, out_dim, score)
+    srcs, golds = random_batch(d, random.Random(300 + seed), batch=5)
+    result = shared_dropout_against_reference(model, d, srcs, golds, K, score, mask_seed=seed)
+    assert result.reset.any()
+
+
+@pytest.mark.parametrize("seed,K,score", [(0, 3, "logit"), (1, 4, "log_softmax"), (2, 3, "logit")])
+def test_learning_to_stop_with_shared_dropout_equals_reference(seed, K, score):
+    """--bso-learn-to-stop with --bso-dropout shared: the gold's final score (the teacher-forced pass
+    before the search) and the search's finished rivals use the same masks as the re-scoring;
+    against the literal reference run with those masks (float64): violations, resets, loss,
+    gradients, with at least one finished rival among the case's violations."""
+    d = make_dict()
+    model = dropout_model(d, 40 + seed, 1, 8, score, eos_boost=4.0 if score == "logit" else 2.0)
+    srcs, golds = stop_batch(d, seed)
+    result = shared_dropout_against_reference(model, d, srcs, golds, K, score, mask_seed=seed, stop=True)
+    steps = torch.arange(result.violation.size(1)).expand_as(result.violation)
+    finished = int((result.violation & (result.gold_step > steps)).sum())
+    assert finished > 0, f"no finished rival among {int(result.violation.sum())} violations"
 
 
 def test_shared_dropout_is_dropout():
