@@ -50,26 +50,30 @@ BSO = ["--task", "constrained_beam_training", "--criterion", "bso", "--bso-cost"
        "--bso-beam-size", "6", "--bso-curriculum-start", "2", "--bso-curriculum-epochs", "1"]
 RAW = ["--bso-score", "logit", "--bso-gold-kth", "self"]
 # name: (training options, decoding options)
+STOP = ([*BSO, *RAW, "--lr", "0.0015", "--bso-learn-to-stop"], ["--task", "constrained_beam_training", "--bso-decoding"])
+
+
+def log_softmax_row(*levers):
+    """The defaults (prefix log-probability score, gold K-th → (K−1)-th, lr 5e-4) plus ``levers``;
+    fairseq's standard beam."""
+    return ([*BSO, "--bso-score", "log_softmax", "--bso-gold-kth", "previous", *levers, "--lr", "0.0005"],
+            ["--task", "constrained_beam_training"])
+
+
 ROWS = {
     "seq2seq": (["--criterion", "cross_entropy", "--lr", "0.0005"], []),
     "bso": ([*BSO, *RAW, "--lr", "0.0015"], ["--task", "constrained_beam_training", "--bso-decoding"]),
     # the learning-to-stop step as it was until commit 5ac75c7 (a finished hypothesis compared at the gold's last
     # step only, discarded by a reset); its run and results date from then: the code no longer trains it
-    "bso_stop": ([*BSO, *RAW, "--lr", "0.0015", "--bso-learn-to-stop"],
-                 ["--task", "constrained_beam_training", "--bso-decoding"]),
+    "bso_stop": STOP,
     # the same options with the current step: a finished hypothesis is compared with the gold's final score
     # at the step where it finishes
-    "bso_stop_at_finish": ([*BSO, *RAW, "--lr", "0.0015", "--bso-learn-to-stop"],
-                           ["--task", "constrained_beam_training", "--bso-decoding"]),
-    "bso_log_softmax": ([*BSO, "--bso-score", "log_softmax", "--bso-gold-kth", "previous", "--lr", "0.0005"],
-                        ["--task", "constrained_beam_training"]),
-    "bso_log_softmax_nll": ([*BSO, "--bso-score", "log_softmax", "--bso-gold-kth", "previous", "--bso-nll-weight", "1",
-                             "--lr", "0.0005"], ["--task", "constrained_beam_training"]),
+    "bso_stop_at_finish": STOP,
+    "bso_log_softmax": log_softmax_row(),
+    "bso_log_softmax_nll": log_softmax_row("--bso-nll-weight", "1"),
     # the NLL weight λ either side of 1 (issue 12's λ·NLL lever), one change per row
-    "bso_log_softmax_nll0.5": ([*BSO, "--bso-score", "log_softmax", "--bso-gold-kth", "previous",
-                                "--bso-nll-weight", "0.5", "--lr", "0.0005"], ["--task", "constrained_beam_training"]),
-    "bso_log_softmax_nll2": ([*BSO, "--bso-score", "log_softmax", "--bso-gold-kth", "previous",
-                              "--bso-nll-weight", "2", "--lr", "0.0005"], ["--task", "constrained_beam_training"]),
+    "bso_log_softmax_nll0.5": log_softmax_row("--bso-nll-weight", "0.5"),
+    "bso_log_softmax_nll2": log_softmax_row("--bso-nll-weight", "2"),
 }
 
 # rows whose run is older than the code that now trains their options

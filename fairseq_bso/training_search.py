@@ -122,7 +122,8 @@ class SearchResult:
     beam_size: int
     segment_start: Tensor = None  # long: first step of the segment that step t belongs to (after the last reset)
     score: str = "logit"  # the score f the search ranked by (see SCORES)
-    gold_step: Tensor = None  # long: the step of the gold score step t compares with (t; T for a finished rival)
+    gold_step: Tensor = None  # long: the step of the gold score step t compares with (t; T for a finished rival);
+    # bso_search always sets it (the default only keeps the dataclass's field order)
 
 
 #: Decoder dropout during the two passes:
@@ -607,13 +608,8 @@ def rescore(model, encoder_out, target: Tensor, result: SearchResult, pad: int, 
         reset_rows[t + 1] = order
     # steps after the last violation of every sentence carry no margin loss (a finished rival's
     # term reads the gold's score at its last step)
-    steps_used = result.gold_step.index_select(0, keep) if result.gold_step is not None else None
-    if not violation.any():
-        needed = 1
-    elif steps_used is None:
-        needed = int(violation.nonzero()[:, 1].max().item()) + 1
-    else:
-        needed = int(steps_used[violation].max().item()) + 1
+    gold_step = result.gold_step.index_select(0, keep)
+    needed = int(gold_step[violation].max().item()) + 1 if violation.any() else 1
     if nll:
         needed = T
     cumulative = result.score == "log_softmax"
@@ -663,7 +659,7 @@ def bso_loss(gold: Tensor, violating: Tensor, result: SearchResult, margin: floa
     if result.score == "log_softmax":
         gold = segment_sums(gold, result.segment_start, result.gold_step)
         violating = segment_sums(violating, result.segment_start)
-    elif result.gold_step is not None:  # a finished rival is compared with the gold's last step
+    else:  # a finished rival is compared with the gold's last step
         gold = gold.gather(1, result.gold_step)
     terms = result.delta * (margin - gold + violating)
     return torch.where(result.violation, terms, torch.zeros_like(terms)).sum()
