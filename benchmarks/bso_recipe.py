@@ -37,7 +37,7 @@ import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 
-from common import ROOT, WORK, log_stats, write_results
+from common import ROOT, SHARED, WORK, log_stats, write_results
 
 sys.path.insert(0, os.path.join(ROOT, "examples", "word_ordering"))
 
@@ -61,6 +61,9 @@ ROWS = {
     "bso_adagrad": ([*BSO, "--optimizer", "adagrad"], RAW, "Adagrad (the authors' optimizer) instead of Adam"),
     "bso_log_softmax_kth_previous": ([*BSO, "--bso-score", "log_softmax", "--bso-gold-kth", "previous"], [],
                                      "score = prefix log-probability, gold K-th: rival (K-1)-th (the defaults)"),
+    "conbso_log_softmax_nll": ([*BSO, "--bso-score", "log_softmax", "--bso-nll-weight", "1"],
+                               ["--constraint", "word_order"],
+                               "bso_log_softmax_nll with the word_order constraint in training and decoding (ConBSO)"),
     "conbso_log_softmax": ([*BSO, "--bso-score", "log_softmax"], ["--constraint", "word_order"],
                            "score = prefix log-probability, word_order constraint in training and decoding"),
     "bso_stop": ([*BSO, "--bso-learn-to-stop"], RAW, "+ learning to stop (finished hypotheses leave the beam and "
@@ -150,7 +153,7 @@ def run_row(args, bin_dir, nll_ckpt, name, references):
     return name, row
 
 
-def main():
+def parser():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--workdir", default=os.path.join(WORK, "bso_recipe"))
     parser.add_argument("--rows", nargs="+", default=list(ROWS), choices=list(ROWS))
@@ -160,14 +163,26 @@ def main():
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--beams", type=int, nargs="+", default=[1, 5, 10])
     parser.add_argument("--tag", default="", help="suffix of the results file name")
-    args = parser.parse_args()
-    started = time.time()
+    parser.add_argument("--corpus", choices=["demo", "kjv"], default="demo",
+                        help="demo: the embedded corpus (examples/word_ordering/data); kjv: ../shared/data/kjv, "
+                             "sentences of at most --max-tokens tokens (the word_ordering benchmark's corpus)")
+    parser.add_argument("--max-tokens", type=int, default=15, help="with --corpus kjv")
+    return parser
+
+
+def run(args):
+    """Train (or resume) the NLL baseline and ``args.rows``; (results, settings, test references, test
+    hypotheses at beam 5 under each row's own decoding)."""
     os.makedirs(args.workdir, exist_ok=True)
-    data = os.path.join(ROOT, "examples", "word_ordering", "data")
     corpus = os.path.join(args.workdir, "corpus")
     bin_dir = os.path.join(corpus, "bin")
     if not os.path.exists(os.path.join(bin_dir, "test.src-tgt.tgt.idx")):
-        prepare_word_order(*(os.path.join(data, f"kjv.{s}.txt.gz") for s in ("train", "valid", "test")), corpus)
+        if args.corpus == "kjv":
+            kjv = os.path.join(SHARED, "kjv")
+            prepare_word_order(f"{kjv}/train.txt", f"{kjv}/valid.txt", f"{kjv}/test.txt", corpus, args.max_tokens)
+        else:
+            data = os.path.join(ROOT, "examples", "word_ordering", "data")
+            prepare_word_order(*(os.path.join(data, f"kjv.{s}.txt.gz") for s in ("train", "valid", "test")), corpus)
     references = read_lines(os.path.join(corpus, "test.tgt"))
 
     nll_dir = os.path.join(args.workdir, "nll")
@@ -187,9 +202,24 @@ def main():
         r = results[name]
         print(f"{name:22s} {r['best_epoch']:7d} {r['best_valid_bleu']:6.2f}   "
               + " / ".join(f"{r['test'][str(b)]:.2f}" for b in args.beams))
-    settings = {"epochs": args.epochs, "lr": args.lr, "threads_per_run": args.threads, "jobs": args.jobs,
+    settings = {"corpus": args.corpus, "max_tokens": args.max_tokens if args.corpus == "kjv" else None,
+                "epochs": args.epochs, "lr": args.lr, "threads_per_run": args.threads, "jobs": args.jobs,
                 "model": demo.MODEL, "batch_size": 64, "train_sentences": len(read_lines(os.path.join(corpus, "train.tgt"))),
                 "test_sentences": len(references), "valid_decoding_beam": 5}
+    hypotheses = {name: test_hypotheses(args, name, len(references)) for name in args.rows} if 5 in args.beams else {}
+    return results, settings, references, hypotheses
+
+
+def test_hypotheses(args, name, n):
+    """A row's test output at beam 5 under its own decoding (the log test_bleu wrote), in input order."""
+    with open(os.path.join(args.workdir, f"test.{name}.e{args.epochs}.beam5.log")) as f:
+        return parse_hypotheses(f.read(), n)
+
+
+def main():
+    started = time.time()
+    args = parser().parse_args()
+    results, settings, _, _ = run(args)
     write_results("bso_recipe" + args.tag, results, started, settings=settings)
 
 

@@ -92,3 +92,19 @@ def write_results(name: str, results: dict, started: float, settings=None, seeds
     os.replace(tmp, path)
     print(f"wrote {path}")
     return path
+
+
+def paired_bootstrap(hypotheses, references, samples=1000, tokenize="13a"):
+    """sacrebleu's paired bootstrap resampling (Koehn 2004) of every row's test beam-5 output against seq2seq's:
+    sacrebleu's p-value (the BLEU difference itself is ``minus_seq2seq_beam5``) (two-sided: the share of resamples
+    whose absolute difference, centred on its mean, exceeds the observed absolute difference), ``samples``
+    resamples of the test sentences, sacrebleu's fixed seed (``SACREBLEU_SEED``, 12345 by default).
+    ``tokenize``: sacrebleu's tokenizer ("none" for text scored as it is, as word ordering is)."""
+    from sacrebleu.metrics import BLEU
+    from sacrebleu.significance import PairedTest
+
+    metric = BLEU(tokenize=tokenize, force=tokenize == "none")
+    systems = [("seq2seq", hypotheses["seq2seq"])] + [(n, h) for n, h in hypotheses.items() if n != "seq2seq"]
+    _, scores = PairedTest(systems, {"BLEU": metric}, [list(references)], test_type="bs", n_samples=samples)()
+    return {name: {"p_value": round(result.p_value, 4), "resamples": samples}
+            for (name, _), result in zip(systems[1:], scores["BLEU"][1:])}

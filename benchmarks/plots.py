@@ -78,6 +78,32 @@ def convergence_curves(plt, rows, title, out):
     print(f"wrote {out}")
 
 
+def demo_recipe_curves(plt, results, out):
+    """The demo's rows per seed (one panel each): valid BLEU per extra epoch, one colour per row, one line
+    style per BSO recipe (seq2seq is shared by the recipes of a seed)."""
+    seeds = sorted({r["seed"] for r in results["runs"].values()})
+    fig, axes = plt.subplots(1, len(seeds), figsize=(4 * len(seeds), 3.6), squeeze=False, sharey=True)
+    styles = ["-", "--", ":", "-."]
+    recipes = sorted({r["recipe"] for r in results["runs"].values()})
+    colours = {"seq2seq": "black", "bso": "tab:blue", "conbso": "tab:green"}
+    for ax, seed in zip(axes[0], seeds):
+        for run in (r for r in results["runs"].values() if r["seed"] == seed):
+            ls = styles[recipes.index(run["recipe"]) % len(styles)]
+            for name, row in run["rows"].items():
+                if name == "seq2seq" and run["recipe"] != recipes[0] or not row["valid_curve"]:
+                    continue
+                epochs, bleu = zip(*row["valid_curve"])
+                label = name if name == "seq2seq" else f"{name} ({run['recipe']})"
+                ax.plot(epochs, bleu, ls=ls, marker=".", color=colours.get(name), label=label)
+        ax.set_title(f"seed {seed}", fontsize=9)
+        ax.set_xlabel("extra epoch after the NLL model")
+    axes[0][0].set_ylabel("valid BLEU, beam 5, own decoding")
+    axes[0][-1].legend(fontsize=6)
+    fig.tight_layout()
+    fig.savefig(os.path.join(RESULTS, out), dpi=120)
+    print(f"wrote {out}")
+
+
 def main():
     import matplotlib
     matplotlib.use("Agg")
@@ -85,7 +111,9 @@ def main():
 
     wo = load("word_ordering")
     if wo:
-        bleu_vs_beam(plt, wo, ["seq2seq", "bso", "conbso"], "Word ordering (kjv)", "word_ordering.png")
+        bleu_vs_beam(plt, wo, ["seq2seq", "bso", "conbso", "bso_paper"], "Word ordering (kjv)", "word_ordering.png")
+        if "nll_baseline" in wo:
+            learning_curves(plt, wo, "word_ordering_curves.png")
     tr = load("translation")
     if tr:
         bleu_vs_beam(plt, tr, ["pretrained", "nll_baseline", "seq2seq", "bso", "bso_stop", "bso_log_softmax",
@@ -125,6 +153,9 @@ def main():
         fig.tight_layout()
         fig.savefig(os.path.join(RESULTS, "pruning.png"), dpi=120)
         print("wrote pruning.png")
+    dr = load("demo_recipes")
+    if dr and dr.get("runs"):
+        demo_recipe_curves(plt, dr, "demo_recipes.png")
     for name in ("bso_recipe", "bso_recipe_v2", "bso_recipe_long"):
         rec = load(name)
         if rec:

@@ -5,7 +5,9 @@ set -euo pipefail
 cd "$(dirname "$0")"
 python3 word_ordering.py
 python3 bso_speed.py --profile       # alone: speed figures need a quiet machine
+python3 bso_speed.py --model demo    # alone: the demo model's BSO cost and the word_order constraint's
 python3 bso_recipe.py
+python3 demo_recipes.py              # README command 1's demo over seeds and BSO recipes
 python3 distillation.py      # trains the teacher shared with translation.py and pruning.py
 # decoding speed of the students against the teacher's beam 5 (alone: a quiet machine), batch 1 and batched
 M="$(python3 -c 'import deen; print(deen.DIR)')"

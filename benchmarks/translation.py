@@ -43,7 +43,7 @@ import shutil
 import time
 
 import deen
-from common import write_results
+from common import paired_bootstrap, write_results
 from fairseq_bso.evaluation import parse_hypotheses
 
 BSO = ["--task", "constrained_beam_training", "--criterion", "bso", "--bso-cost", "sentence_bleu",
@@ -133,20 +133,6 @@ def main():
     results["missing"] = missing
     print(results)
     write_results(results_name(args.extra_epochs, args.seed), results, started, settings=args, seeds=[args.seed])
-
-
-def paired_bootstrap(hypotheses, references, samples=1000):
-    """sacrebleu's paired bootstrap resampling (Koehn 2004) of every row's test beam-5 output against seq2seq's:
-    sacrebleu's p-value (the BLEU difference itself is ``minus_seq2seq_beam5``) (two-sided: the share of resamples whose absolute difference,
-    centred on its mean, exceeds the observed absolute difference), 1,000 resamples of the 1,255 test
-    sentences, sacrebleu's fixed seed (``SACREBLEU_SEED``, 12345 by default)."""
-    from sacrebleu.metrics import BLEU
-    from sacrebleu.significance import PairedTest
-
-    systems = [("seq2seq", hypotheses["seq2seq"])] + [(n, h) for n, h in hypotheses.items() if n != "seq2seq"]
-    _, scores = PairedTest(systems, {"BLEU": BLEU()}, [list(references)], test_type="bs", n_samples=samples)()
-    return {name: {"p_value": round(result.p_value, 4), "resamples": samples}
-            for (name, _), result in zip(systems[1:], scores["BLEU"][1:])}
 
 
 def results_name(extra_epochs, seed):

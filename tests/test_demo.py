@@ -22,11 +22,11 @@ def test_demo_runs_every_row_and_prints_the_table(tmp_path):
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=600, env=harness.env_without_overrides())
     assert proc.returncode == 0, proc.stdout[-3000:]
     results = json.load(open(os.path.join(work, "results.json")))
-    assert sorted(results) == ["bso", "conbso", "seq2seq"]
+    assert sorted(results) == ["bso", "bso_paper", "conbso", "seq2seq"]
     assert all(sorted(r) == ["1", "2"] for r in results.values()), results
-    for name in ("| seq2seq |", "| BSO     |", "| ConBSO  |"):
-        assert name in proc.stdout, proc.stdout[-2000:]
+    table = [line.split("|")[1].strip() for line in proc.stdout.splitlines() if line.startswith("| ")]
+    assert table == ["method", "seq2seq", "BSO", "ConBSO", "BSO, paper recipe"], proc.stdout[-2000:]
     # every row validated with --eval-bleu and kept its best checkpoint
-    for row in ("seq2seq", "bso", "conbso"):
+    for row in ("seq2seq", "bso", "conbso", "bso_paper"):
         assert os.path.exists(os.path.join(work, row, "checkpoint_best.pt"))
         assert "bleu" in open(os.path.join(work, row + ".log")).read()
