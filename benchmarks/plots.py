@@ -97,6 +97,7 @@ def demo_recipe_curves(plt, results, out):
                 ax.plot(epochs, bleu, ls=ls, marker=".", color=colours.get(name), label=label)
         ax.set_title(f"seed {seed}", fontsize=9)
         ax.set_xlabel("extra epoch after the NLL model")
+        ax.xaxis.get_major_locator().set_params(integer=True)
     axes[0][0].set_ylabel("valid BLEU, beam 5, own decoding")
     axes[0][-1].legend(fontsize=6)
     fig.tight_layout()
