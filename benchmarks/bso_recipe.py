@@ -93,7 +93,7 @@ def fairseq_train(args, bin_dir, save_dir, extra, decode, epochs=None):
         return
     eval_args = json.dumps({"beam": 5, "max_len_a": 1, "max_len_b": 5})
     optimizer = [] if "--optimizer" in extra else ["--optimizer", "adam"]
-    cmd = ["fairseq-train", bin_dir, "--user-dir", demo.user_dir(), *demo.MODEL, *demo.COMMON, *TASK, *optimizer,
+    cmd = ["fairseq-train", bin_dir, "--user-dir", demo.user_dir(), *demo.MODEL, *demo.COMMON, "--seed", "1", *TASK, *optimizer,
            "--clip-norm", "5", "--batch-size", "64", "--save-dir", save_dir, "--no-epoch-checkpoints",
            "--eval-bleu", "--eval-tokenized-bleu", "--eval-bleu-args", eval_args,
            "--best-checkpoint-metric", "bleu", "--maximize-best-checkpoint-metric",

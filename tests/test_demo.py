@@ -18,7 +18,7 @@ def test_demo_runs_every_row_and_prints_the_table(tmp_path):
     proc = subprocess.run(
         [sys.executable, os.path.join(harness.ROOT, "examples", "word_ordering", "demo.py"), "--workdir", work,
          "--train", f"{folder}/train.txt", "--valid", f"{folder}/valid.txt", "--test", f"{folder}/test.txt",
-         "--nll-epochs", "1", "--extra-epochs", "1", "--beams", "1", "2"],
+         "--nll-epochs", "1", "--extra-epochs", "1", "--beams", "1", "2", "--seed", "3"],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=600, env=harness.env_without_overrides())
     assert proc.returncode == 0, proc.stdout[-3000:]
     results = json.load(open(os.path.join(work, "results.json")))
@@ -29,4 +29,8 @@ def test_demo_runs_every_row_and_prints_the_table(tmp_path):
     # every row validated with --eval-bleu and kept its best checkpoint
     for row in ("seq2seq", "bso", "conbso", "bso_paper"):
         assert os.path.exists(os.path.join(work, row, "checkpoint_best.pt"))
-        assert "bleu" in open(os.path.join(work, row + ".log")).read()
+        log = open(os.path.join(work, row + ".log")).read()
+        assert "bleu" in log
+        # --seed reaches every fairseq-train run
+        assert "'seed': 3," in log, row
+    assert "'seed': 3," in open(os.path.join(work, "nll.log")).read()

@@ -55,7 +55,6 @@ MODEL = [
 COMMON = ["--cpu", "--num-workers", "0", "--required-batch-size-multiple", "1"]
 
 STARTED = time.time()
-SEED = 1  # fairseq-train's --seed for every run (the demo's --seed)
 
 # BSO recipes: (training options, decoding options).  The beam curriculum 2 → 6 grows K by one
 # per epoch and ends at K_tr = 6 after 5 epochs.
@@ -102,14 +101,14 @@ def train_progress(line: str) -> bool:
     return "| train |" in line or "| valid |" in line or "| train_inner |" in line or "training beam size" in line
 
 
-def train(name, bin_dir, save_dir, epochs, args, best=False, threads=None):
+def train(name, bin_dir, save_dir, epochs, args, best=False, threads=None, seed=1):
     """fairseq-train, skipped when a finished run exists (a rerun resumes from checkpoint_last.pt).
     Returns checkpoint_last.pt, or checkpoint_best.pt with ``best``."""
     ckpt = os.path.join(save_dir, "checkpoint_best.pt" if best else "checkpoint_last.pt")
     if os.path.exists(os.path.join(save_dir, "done")):
         log(f"{name} model exists: {ckpt}")
         return ckpt
-    run(["fairseq-train", bin_dir, "--user-dir", user_dir(), *MODEL, *COMMON, "--seed", str(SEED), *args,
+    run(["fairseq-train", bin_dir, "--user-dir", user_dir(), *MODEL, *COMMON, "--seed", str(seed), *args,
          "--optimizer", "adam", "--clip-norm", "5", "--batch-size", "64", "--max-epoch", str(epochs),
          "--save-dir", save_dir, "--no-epoch-checkpoints", "--log-format", "simple",
          "--log-interval", "50", "--no-progress-bar"],
@@ -149,8 +148,6 @@ def main():
                         help="fairseq-train's --seed for the NLL model and every row (one seed's figures are noisy: "
                              "400 test sentences)")
     args = parser.parse_args()
-    global SEED
-    SEED = args.seed
     if args.nll_epochs < 1 or args.extra_epochs < 1:
         parser.error("--nll-epochs and --extra-epochs must be >= 1")
     os.makedirs(args.workdir, exist_ok=True)
@@ -164,7 +161,7 @@ def main():
 
     log(f"training the NLL model ({args.nll_epochs} epochs)")
     nll = train("nll", bin_dir, os.path.join(args.workdir, "nll"), args.nll_epochs,
-                ["--criterion", "cross_entropy", "--lr", "0.002"])
+                ["--criterion", "cross_entropy", "--lr", "0.002"], seed=args.seed)
     bso_train, bso_decode = RECIPES[args.bso_recipe]
     start = max(2, 7 - args.extra_epochs)  # the curriculum ends at K = 6 in the last epoch
     rows = {
@@ -182,7 +179,7 @@ def main():
         log(f"{name}: {args.extra_epochs} more epochs from the NLL model ({' '.join(train_args)})")
         ckpt = train(name, bin_dir, os.path.join(args.workdir, name), args.extra_epochs,
                      [*task, *train_args, *decode, *VALID_BLEU, "--lr", str(args.lr), "--finetune-from-model", nll],
-                     best=True, threads=1)
+                     best=True, threads=1, seed=args.seed)
         return name, evaluate(args, bin_dir, ckpt, name, references, extra=[*task, *decode], threads=1)
 
     with ThreadPoolExecutor(2) as pool:
