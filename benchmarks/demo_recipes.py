@@ -33,6 +33,8 @@ from fairseq_bso.evaluation import parse_hypotheses
 from fairseq_bso.prep import read_lines
 
 DEMO = os.path.join(ROOT, "examples", "word_ordering", "demo.py")
+sys.path.insert(0, os.path.dirname(DEMO))
+from demo import RECIPES  # noqa: E402
 VALID_BLEU = re.compile(r"epoch (\d+) \| valid on 'valid' subset .*?\| bleu ([0-9.]+)")
 SHARED_STAGES = ("corpus", "nll", "nll.log", "seq2seq", "seq2seq.log")
 
@@ -110,7 +112,7 @@ def report(args, started):
 def main():
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3])
-    p.add_argument("--recipes", nargs="+", default=["log_softmax", "log_softmax_nll"])
+    p.add_argument("--recipes", nargs="+", default=["log_softmax", "log_softmax_nll"], choices=sorted(RECIPES))
     p.add_argument("--nll-epochs", type=int, default=8)
     p.add_argument("--extra-epochs", type=int, default=3)
     p.add_argument("--workdir", default=os.path.join(WORK, "demo_recipes"))
