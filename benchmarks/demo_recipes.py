@@ -120,11 +120,12 @@ def main():
     p.add_argument("--report", action="store_true", help="only rewrite the results file from finished runs")
     args = p.parse_args()
     started = time.time()
-    if not args.report:
-        for seed in args.seeds:
-            run_seed(args, seed)
-            report(args, started)
-    report(args, started)
+    if args.report:
+        report(args, started)
+        return
+    for seed in args.seeds:
+        run_seed(args, seed)
+        report(args, started)  # after every seed, so an interrupted run keeps the finished seeds' figures
 
 
 if __name__ == "__main__":

@@ -200,7 +200,7 @@ def main():
     print("|" + "---|" * (len(args.beams) + 1))
     for name, scores in results.items():
         print(f"| {NAMES[name]:<{width}} | " + " | ".join(f"{scores[str(b)]:7.2f}" for b in args.beams) + " |")
-    log(f"done; results in {os.path.join(args.workdir, 'results.json')}")
+    log(f"done; results in {out}")
 
 
 if __name__ == "__main__":
