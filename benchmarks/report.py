@@ -1,95 +1,393 @@
 #!/usr/bin/env python3
-"""The README's Results tables (markdown) from benchmarks/results/*.json, beside the talk's numbers.
+"""docs/results.md, generated from the results files in benchmarks/results/ (and nothing else).
 
-    python3 benchmarks/report.py > /tmp/results.md
+    python3 -m benchmarks.report            # print the document
+    python3 -m benchmarks.report --write    # write docs/results.md (atomically)
+    python3 -m benchmarks.report --check    # exit 1, with a diff summary, when docs/results.md differs
+
+Every table reads whichever keys its results file holds: a missing file gives a one-line "not measured"
+section, a missing row or column is skipped or shown as "–", and the compression files are read both
+with their earlier keys (``greedy_mass_percent``, ``scheme``/``ratio_percent`` in each pruning row) and
+with issue 28's (``p_wstar_percent``, ``dense:N`` pruning rows, ``generation_throughput_ratio``,
+``suite_wall_seconds``). Each section states the file's own protocol fields (``settings``,
+``conditions``, ``notes``, ``command``, code revision) and the talk's figure where the talk has one.
+The output depends only on the results files and on which plots exist, so ``--check`` is exact.
+
+Standard library only: runs without fairseq or matplotlib.
 """
 
+import argparse
+import difflib
+import glob
 import json
 import os
+import statistics
+import sys
 
-from common import RESULTS, tagged_results
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(HERE)
+RESULTS = os.path.join(HERE, "results")
+OUTPUT = os.path.join(ROOT, "docs", "results.md")
 
+# The talk's figures (Rush, "Training and Distilling Seq2Seq Models"; /work/shared/docs/REFERENCE.md):
+# BLEU at test beams 1 / 5 / 10 (BSO), greedy / beam 5 (distillation), beam 5 and parameters (pruning).
 TALK = {
     "word_ordering": {"seq2seq": "25.2 / 29.8 / 31.0", "bso": "28.0 / 33.2 / 34.3", "conbso": "28.6 / 34.3 / 34.5"},
     "translation": {"seq2seq": "22.53 / 24.03 / 23.87", "bso": "23.83 / 26.36 / 25.48"},
     "distillation": {"teacher": "17.7 / 19.5", "student": "14.7 / 17.6", "word_kd": "15.4 / 17.7",
                      "seq_kd": "18.9 / 19.0", "seq_inter": "18.9 / 19.3"},
-    "pruning": {"0": "19.3 (84M)", "50": "19.3 (42M)", "80": "19.1 (17M)", "85": "18.8 (13M)", "90": "18.5 (8M)"},
+    "distillation_mass": {"student": "0.9%", "seq_kd": "16.9%"},
+    "pruning": {0: "19.3 (84M)", 50: "19.3 (42M)", 80: "19.1 (17M)", 85: "18.8 (13M)", 90: "18.5 (8M)"},
 }
+BEAMS = ("1", "5", "10")
+DASH = "–"
 
 
-def load(name):
-    path = os.path.join(RESULTS, f"{name}.json")
-    if os.path.exists(path):
+class Doc:
+    """The document being built: markdown lines, the results files read and the plots linked."""
+
+    def __init__(self, results_dir, output):
+        self.results_dir = results_dir
+        self.output = output
+        self.lines = []
+        self.linked = set()
+
+    def add(self, *lines):
+        self.lines.extend(lines)
+
+    def load(self, name):
+        path = os.path.join(self.results_dir, f"{name}.json")
+        if not os.path.exists(path):
+            return None
         with open(path) as f:
-            return json.load(f)
-    return None
+            try:
+                return json.load(f)
+            except json.JSONDecodeError as e:
+                raise SystemExit(f"report: {path}: not valid JSON ({e})")
+
+    def tagged(self, name, prefix):
+        """[(tag, results)] of results/{name}{prefix}*.json, sorted by file name."""
+        found = []
+        for path in sorted(glob.glob(os.path.join(self.results_dir, f"{name}{prefix}*.json"))):
+            tag = os.path.basename(path)[len(name):-len(".json")]
+            found.append((tag, self.load(name + tag)))
+        return found
+
+    def plots(self, *names):
+        """Markdown image links to those of the PNGs that exist, relative to the output file."""
+        links = []
+        for name in names:
+            path = os.path.join(self.results_dir, name)
+            if os.path.exists(path):
+                self.linked.add(name)
+                rel = os.path.relpath(path, os.path.dirname(os.path.abspath(self.output))).replace(os.sep, "/")
+                links.append(f"![{name[:-len('.png')]}]({rel})")
+        if links:
+            self.add(" ".join(links), "")
+
+    def text(self):
+        return "\n".join(self.lines).rstrip("\n") + "\n"
 
 
-def beams(row, keys=("1", "5", "10")):
-    return " / ".join(f"{row[k]:.2f}" for k in keys if k in row)
+# ---------------------------------------------------------------- formatting
 
 
-def lost(row, key):
-    return f"{row[key]:.2f}" if key in row else "–"  # no 0% row to compare with
+def num(x, digits=2):
+    return DASH if x is None else f"{x:.{digits}f}"
 
 
-def versus_seq2seq(results, name):
-    """A translation row's test beam-5 BLEU minus seq2seq's, with the paired bootstrap's p-value when measured."""
-    gap = results.get("minus_seq2seq_beam5", {}).get(name)
+def beams(test, keys=BEAMS):
+    if not test:
+        return DASH
+    return " / ".join(num(test.get(k)) for k in keys)
+
+
+def code(options):
+    """A list of command-line options as inline code (``standard beam`` for an empty list)."""
+    if not options:
+        return "standard beam"
+    if isinstance(options, str):
+        return options if options == "standard beam" else f"`{options}`"
+    return "`" + " ".join(str(o) for o in options) + "`"
+
+
+def decoding(options):
+    if not options or options == ["standard beam"]:
+        return "standard beam"
+    return code(options)
+
+
+def best_valid(curve):
+    return max(b for _, b in curve) if curve else None
+
+
+def versus(results, name):
+    """beam-5 BLEU minus seq2seq's, with the paired bootstrap's p-value where the file holds them."""
+    gap = (results.get("minus_seq2seq_beam5") or {}).get(name)
     if gap is None:
-        return "–"
-    p = results.get("paired_bootstrap_beam5", {}).get(name, {}).get("p_value")
-    return f"{gap:+.2f}" + ("" if p is None else f" (p = {p:.3f})")
+        return DASH
+    p = ((results.get("paired_bootstrap_beam5") or {}).get(name) or {}).get("p_value")
+    return f"{gap:+.2f}" + ("" if p is None else f" (p {p:.3f})")
 
 
 def ended(row):
-    """best epoch / epochs, marked when the epoch cap (not --patience) ended the run."""
+    """best epoch / epochs, marked (cap) when the epoch cap, not patience, ended the run."""
     cap = " (cap)" if row.get("stopped") == "epoch cap" else ""
-    return f"{row.get('best_epoch', '–')} / {row.get('epochs', '–')}{cap}"
+    return f"{row.get('best_epoch', DASH)} / {row.get('epochs', DASH)}{cap}"
 
 
-def beam_table(name, title, methods):
-    results = load(name)
-    if results:
-        print(f"{title}\n")
-        print("| method | here | talk |\n|---|---|---|")
-        for m in methods:
-            if m in results:  # a results file may hold some rows only (e.g. word_ordering.py --rows)
-                print(f"| {m} | {beams(results[m].get('test', results[m]))} | {TALK[name].get(m, '–')} |")
-        print()
+def millions(n):
+    return DASH if n is None else f"{n / 1e6:.2f}M"
 
 
-def recipe_table(name, title):
-    """One row per lever of a bso_recipe results file: best epoch, valid BLEU, test BLEU under the
-    row's own decoding (and the other decoding for BSO rows)."""
-    results = load(name)
-    if not results:
-        return
-    print(f"{title}\n")
-    print("| row | lever | decoding | best epoch | valid | test 1 / 5 / 10 | other decoding 1 / 5 / 10 |")
-    print("|---|---|---|---|---|---|---|")
-    for row_name, row in results.items():
-        if not isinstance(row, dict) or "test" not in row or row_name == "nll_baseline":
+def settings_line(settings, skip=()):
+    """The file's settings as `key` value pairs (lists of options as code)."""
+    if not settings:
+        return None
+    parts = []
+    for key, value in settings.items():
+        if key in skip or value is None or value in ([], "", {}) or value is False:
+            continue
+        if isinstance(value, list):
+            value = code(value)
+        elif isinstance(value, dict):
+            value = ", ".join(f"{k} {v}" for k, v in value.items())
+        parts.append(f"{key} {value}")
+    return "; ".join(parts)
+
+
+def provenance(doc, name, results, skip_settings=()):
+    """The protocol fields a results file carries about itself, as a bullet list."""
+    lines = [f"- File: `benchmarks/results/{name}.json`"
+             + (f", written by `{results['command']}`" if results.get("command") else "")
+             + (f" at code revision `{results['git_commit'][:7]}`" if results.get("git_commit") else "") + "."]
+    if results.get("seeds"):
+        lines.append(f"- Training seed(s): {', '.join(str(s) for s in results['seeds'])}.")
+    line = settings_line(results.get("settings"), skip_settings)
+    if line:
+        lines.append(f"- Settings: {line}.")
+    if results.get("conditions"):
+        lines.append(f"- Conditions: {results['conditions']}.")
+    notes = results.get("notes")
+    for note in [notes] if isinstance(notes, str) else notes or []:
+        lines.append(f"- Note (from the file): {note}")
+    for key in ("runs_command", "runs_wall", "speed"):
+        if results.get(key):
+            lines.append(f"- {key.replace('_', ' ')}: {results[key]}")
+    if results.get("missing"):
+        lines.append(f"- Rows planned but not in the file: {', '.join(str(m) for m in results['missing'])}.")
+    doc.add(*lines, "")
+
+
+def absent(doc, *names):
+    doc.add("Not measured: " + ", ".join(f"`benchmarks/results/{n}.json`" for n in names)
+            + (" does not exist." if len(names) == 1 else " do not exist."), "")
+
+
+# ---------------------------------------------------------------- sections
+
+
+def demo_section(doc):
+    doc.add("## The demo over seeds", "")
+    res = doc.load("demo_recipes")
+    if not res or not res.get("runs"):
+        return absent(doc, "demo_recipes")
+    settings = res.get("settings", {})
+    doc.add(f"`examples/word_ordering/demo.py` itself ({settings.get('nll_epochs', DASH)} NLL epochs, then "
+            f"{settings.get('extra_epochs', DASH)} extra epochs per row, best valid checkpoint) per training seed "
+            "and BSO recipe; the NLL model and the seq2seq row are shared by a seed's recipes. Test BLEU at beams "
+            "1 / 5 / 10; valid = best valid BLEU at beam 5 under the row's own decoding; p = sacrebleu's paired "
+            "bootstrap of beam 5 against seq2seq's. Talk (PTB word ordering): seq2seq "
+            f"{TALK['word_ordering']['seq2seq']}, BSO {TALK['word_ordering']['bso']}, ConBSO "
+            f"{TALK['word_ordering']['conbso']}.", "")
+    doc.add("| seed | recipe | row | valid | test 1 / 5 / 10 | beam 5 − seq2seq | p |", "|---|---|---|---|---|---|---|")
+    runs = sorted(res["runs"].values(), key=lambda r: (r.get("seed", 0), r.get("recipe", "")))
+    shown_seq2seq = set()
+    for run in runs:
+        rows = run.get("rows", {})
+        base = (rows.get("seq2seq") or {}).get("test", {})
+        for name, row in rows.items():
+            if name == "seq2seq":
+                if run.get("seed") in shown_seq2seq:
+                    continue
+                shown_seq2seq.add(run.get("seed"))
+            test = row.get("test", {})
+            gap = f"{test['5'] - base['5']:+.2f}" if name != "seq2seq" and "5" in test and "5" in base else DASH
+            p = ((run.get("paired_bootstrap_beam5") or {}).get(name) or {}).get("p_value")
+            recipe = DASH if name == "seq2seq" else run.get("recipe", DASH)
+            doc.add(f"| {run.get('seed', DASH)} | {recipe} | {name} | {num(best_valid(row.get('valid_curve')))} | "
+                    f"{beams(test)} | {gap} | {num(p, 3)} |")
+    doc.add("")
+    summary = res.get("summary") or {}
+    if summary:
+        doc.add("BSO − seq2seq at test beam 5, per recipe (mean and sample sd over seeds):", "",
+                "| recipe | per seed | mean | sd |", "|---|---|---|---|")
+        for recipe, s in summary.items():
+            gaps = ", ".join(f"{g:+.2f}" for g in s.get("bso_minus_seq2seq_beam5", []))
+            doc.add(f"| {recipe} | {gaps} | {s['mean']:+.2f} | {num(s.get('sd'))} |")
+        doc.add("")
+    provenance(doc, "demo_recipes", res, skip_settings=("workdir",))
+    doc.plots("demo_recipes.png")
+
+
+def word_ordering_section(doc):
+    doc.add("## Word ordering on kjv", "")
+    res = doc.load("word_ordering")
+    if not res:
+        return absent(doc, "word_ordering")
+    s = res.get("settings", {})
+    base = res.get("nll_baseline", {})
+    doc.add(f"Corpus {s.get('corpus', DASH)} (sentences of at most {s.get('max_tokens', DASH)} tokens; "
+            f"{s.get('train_sentences', DASH)} training, {s.get('test_sentences', DASH)} test sentences). An NLL model "
+            f"trained until valid BLEU stopped improving (best epoch {base.get('best_epoch', DASH)} of "
+            f"{base.get('epochs', DASH)}, valid {num(base.get('best_valid_bleu'))}), then every row "
+            f"{s.get('epochs', DASH)} more epochs from it; valid BLEU at beam {s.get('valid_decoding_beam', 5)} under "
+            "the row's own decoding after each epoch, the best checkpoint, test BLEU at beams 1 / 5 / 10; "
+            "\"other decoding\" is the same checkpoint decoded the other way; p = sacrebleu's paired bootstrap "
+            "against seq2seq at beam 5. Talk: PTB word ordering.", "")
+    doc.add("| row | recipe | decoding | best epoch | valid | test 1 / 5 / 10 | other decoding 1 / 5 / 10 | "
+            "beam 5 − seq2seq (p) | talk |", "|---|---|---|---|---|---|---|---|---|")
+    if base:
+        doc.add(f"| NLL baseline (the start) | token NLL to convergence | standard beam | {base.get('best_epoch', DASH)} | "
+                f"{num(base.get('best_valid_bleu'))} | {beams(base.get('test'))} | {DASH} | {DASH} | {DASH} |")
+    for name, row in res.items():
+        if not isinstance(row, dict) or "test" not in row or name == "nll_baseline":
             continue
         other = row.get("test_other_decoding")
-        print(f"| {row_name} | {row['lever']} | {' '.join(row['decoding'])} | {row['best_epoch']} | "
-              f"{row['best_valid_bleu']:.2f} | {beams(row['test'])} | {beams(other) if other else '–'} |")
-    print()
+        doc.add(f"| {name} | {row.get('lever', DASH)} | {decoding(row.get('decoding'))} | {row.get('best_epoch', DASH)} | "
+                f"{num(row.get('best_valid_bleu'))} | {beams(row['test'])} | "
+                f"{beams(other) + ' (' + decoding(other.get('decoding')) + ')' if other else DASH} | "
+                f"{versus(res, name)} | {TALK['word_ordering'].get(name, DASH)} |")
+    doc.add("")
+    provenance(doc, "word_ordering", res)
+    doc.plots("word_ordering.png", "word_ordering_curves.png")
 
 
-def seed_summary(first, extra):
-    """Each row's beam-5 gap to seq2seq per seed at the 8-epoch budget (seed 1: translation.json), with the mean
-    and the sample standard deviation over the seeds that have both rows."""
-    import statistics
+def recipe_rows(doc, res):
+    doc.add("| row | lever | decoding | extra epochs | best epoch | valid | test 1 / 5 / 10 | other decoding 1 / 5 / 10 |",
+            "|---|---|---|---|---|---|---|---|")
+    base = res.get("nll_baseline")
+    if base:
+        doc.add(f"| NLL baseline (the start) | token NLL to convergence | standard beam | {DASH} | "
+                f"{base.get('best_epoch', DASH)} of {base.get('epochs', DASH)} | {num(base.get('best_valid_bleu'))} | "
+                f"{beams(base.get('test'))} | {DASH} |")
+    unfinished = []
+    for name, row in res.items():
+        if not isinstance(row, dict) or name == "nll_baseline" or name in ("settings", "levers_not_run"):
+            continue
+        if "test" not in row:
+            if row.get("status"):
+                unfinished.append((name, row))
+            continue
+        other = row.get("test_other_decoding")
+        extra = row.get("extra_epochs", (res.get("settings") or {}).get("epochs", DASH))
+        doc.add(f"| {name} | {row.get('lever', DASH)} | {decoding(row.get('decoding'))} | {extra} | "
+                f"{row.get('best_epoch', DASH)} | {num(row.get('best_valid_bleu'))} | {beams(row['test'])} | "
+                f"{beams(other) + ' (' + decoding(other.get('decoding')) + ')' if other else DASH} |")
+    doc.add("")
+    for name, row in unfinished:
+        curve = ", ".join(f"{b}" for _, b in row.get("valid_curve", []))
+        doc.add(f"- `{name}` ({row.get('lever', DASH)}): {row['status']}"
+                + (f"; valid BLEU per epoch {curve}" if curve else "") + (f". {row['why']}" if row.get("why") else "."))
+    for lever, why in (res.get("levers_not_run") or {}).items():
+        doc.add(f"- Lever not run in this file, `{lever}`: {why}.")
+    if unfinished or res.get("levers_not_run"):
+        doc.add("")
+    options = [(n, r["train_options"]) for n, r in res.items()
+               if isinstance(r, dict) and r.get("train_options") and "test" in r]
+    if options:
+        doc.add("Training options of each row (later options override earlier ones):", "")
+        doc.add(*[f"- `{n}`: {code(o)}" for n, o in options], "")
 
-    budget = first["settings"]["extra_epochs"]
-    runs = [(1, first)] + [(res["settings"]["seed"], res) for _, res in extra
-                           if res.get("settings", {}).get("seed", 1) != 1
-                           and res["settings"].get("extra_epochs") == budget]
-    rows = sorted({n for _, res in runs for n in res.get("minus_seq2seq_beam5", {})})
+
+def recipe_section(doc):
+    doc.add("## BSO recipe ablations (the demo corpus)", "")
+    doc.add("`benchmarks/bso_recipe.py`: the demo's corpus and model; an NLL model trained until valid BLEU stopped "
+            "improving, then every row the same number of extra epochs from it, one lever per row; valid BLEU at "
+            "beam 5 under the row's own decoding after each epoch, the best checkpoint, test BLEU at beams "
+            "1 / 5 / 10 (\"other decoding\": the same checkpoint decoded the other way).", "")
+    found = False
+    for name, title in (("bso_recipe_v2", "Second ablation"), ("bso_recipe_long", "The longer budget"),
+                        ("bso_recipe", "First ablation (an earlier NLL baseline: not comparable row by row with "
+                                       "the second)")):
+        res = doc.load(name)
+        if not res:
+            continue
+        found = True
+        doc.add(f"### {title}", "")
+        recipe_rows(doc, res)
+        provenance(doc, name, res)
+        doc.plots(f"{name}.png")
+    if not found:
+        absent(doc, "bso_recipe_v2", "bso_recipe_long", "bso_recipe")
+
+
+def translation_section(doc):
+    doc.add("## Translation (l10n-de-en)", "")
+    tr = doc.load("translation")
+    if not tr:
+        return absent(doc, "translation")
+    base = tr.get("nll_baseline", {})
+    s = tr.get("settings", {})
+    doc.add(f"Every row starts from the NLL model of the distillation table (best epoch {base.get('best_epoch', DASH)} "
+            f"of {base.get('epochs', DASH)}, stopped by {base.get('stopped', DASH)}, valid {num(base.get('best_valid_bleu'))}) "
+            f"and trains {s.get('extra_epochs', DASH)} more epochs with no early stop; valid BLEU at beam 5 under the "
+            "row's own decoding after each epoch, the checkpoint with the best; detokenized test BLEU at beams "
+            "1 / 5 / 10; p = sacrebleu's paired bootstrap against seq2seq at beam 5. Talk: IWSLT14 de-en "
+            "(BSO with the sentence-BLEU cost).", "")
+    doc.add("| row | decoding | best epoch | valid | test 1 / 5 / 10 | beam 5 − seq2seq (p) | talk |",
+            "|---|---|---|---|---|---|---|")
+    for name, row in tr.items():
+        if isinstance(row, dict) and "test" in row:
+            label = "NLL baseline (the start)" if name == "nll_baseline" else name
+            dec = [o for o in row.get("decoding", []) if o not in ("--task", "constrained_beam_training")]
+            doc.add(f"| {label} | {decoding(dec)} | {ended(row) if name == 'nll_baseline' else row.get('best_epoch', DASH)} | "
+                    f"{num(row.get('best_valid_bleu'))} | {beams(row['test'])} | {versus(tr, name)} | "
+                    f"{TALK['translation'].get(name, DASH)} |")
+    doc.add("")
+    trained = [(n, r) for n, r in tr.items() if isinstance(r, dict) and r.get("train")]
+    if trained:
+        doc.add("Training options of each row (after the NLL model's own; later options override earlier ones):", "")
+        for name, row in trained:
+            note = f" ({row['note']})" if row.get("note") else ""
+            doc.add(f"- `{name}`: {code(row['train'])}{note}")
+        doc.add("")
+    provenance(doc, "translation", tr, skip_settings=("only", "report"))
+    doc.plots("translation.png", "translation_curves.png")
+
+    extra = [(tag, res) for tag, res in doc.tagged("translation", "_")
+             if isinstance(res.get("settings"), dict) and "extra_epochs" in res["settings"]]
+    if extra:
+        doc.add("### Longer budgets and other seeds", "")
+        doc.add("The same protocol: `translation.py --extra-epochs N` extends the 8-epoch runs (the learning rate is "
+                "constant and the curriculum counts epochs), `--seed S` retrains the rows from the same NLL start.", "")
+        doc.add("| file | row | extra epochs | seed | best epoch | valid | test 1 / 5 / 10 | beam 5 − seq2seq (p) |",
+                "|---|---|---|---|---|---|---|---|")
+        for tag, res in extra:
+            st = res.get("settings", {})
+            for name, row in res.items():
+                if not isinstance(row, dict) or "test" not in row or name == "nll_baseline":
+                    continue
+                doc.add(f"| `translation{tag}.json` | {name} | {st.get('extra_epochs', DASH)} | {st.get('seed', 1)} | "
+                        f"{row.get('best_epoch', DASH)} | {num(row.get('best_valid_bleu'))} | {beams(row['test'])} | "
+                        f"{versus(res, name)} |")
+        doc.add("")
+        for tag, res in extra:
+            doc.add(f"- `translation{tag}.json`: `{res.get('command', DASH)}`"
+                    + (f" at code revision `{res['git_commit'][:7]}`" if res.get("git_commit") else "") + ".")
+        doc.add("")
+        seed_summary(doc, tr, extra)
+        doc.plots(*[f"translation{tag}_curves.png" for tag, _ in extra])
+
+
+def seed_summary(doc, first, extra):
+    """Each row's beam-5 gap to seq2seq per seed at translation.json's budget, mean and sample sd."""
+    budget = (first.get("settings") or {}).get("extra_epochs")
+    runs = [((first.get("settings") or {}).get("seed", 1), first)]
+    runs += [(res["settings"].get("seed", 1), res) for _, res in extra
+             if res["settings"].get("seed", 1) != runs[0][0] and res["settings"].get("extra_epochs") == budget]
     lines = []
-    for name in rows:
+    for name in sorted({n for _, res in runs for n in res.get("minus_seq2seq_beam5", {})}):
         gaps = [(seed, res["minus_seq2seq_beam5"][name]) for seed, res in runs
                 if name in res.get("minus_seq2seq_beam5", {})]
         if len(gaps) < 2:
@@ -98,124 +396,327 @@ def seed_summary(first, extra):
         lines.append(f"| {name} | {', '.join(f'{s}: {g:+.2f}' for s, g in gaps)} | {statistics.mean(values):+.2f} | "
                      f"{statistics.stdev(values):.2f} |")
     if lines:
-        print(f"**Translation across seeds** ({budget} extra epochs; test beam 5 minus seq2seq's of the same seed)\n")
-        print("| row | seed: gap | mean | sd |\n|---|---|---|---|")
-        print("\n".join(lines) + "\n")
+        doc.add(f"Across seeds at {budget} extra epochs (test beam 5 minus seq2seq's of the same seed; sample sd):", "",
+                "| row | seed: gap | mean | sd |", "|---|---|---|---|", *lines, "")
 
 
-def main():
-    recipe_table("bso_recipe_v2", "**BSO levers, 12 extra epochs** (`bso_recipe_v2.json`)")
-    recipe_table("bso_recipe_long", "**BSO levers, the longer budget** (`bso_recipe_long.json`: 30 extra epochs this session)")
-    beam_table("word_ordering", "**Word ordering** (kjv, BLEU at test beams 1 / 5 / 10; talk: PTB)",
-               ("seq2seq", "bso", "conbso", "bso_paper"))
-    tr = load("translation")
-    if tr and "nll_baseline" in tr:
-        base = tr["nll_baseline"]
-        print(f"**Translation** (l10n-de-en from the NLL model of the distillation table: best epoch "
-              f"{base.get('best_epoch')} of {base.get('epochs')} (stopped: {base.get('stopped')}), valid "
-              f"{base.get('best_valid_bleu')}; every row {tr['settings']['extra_epochs']} "
-              "extra epochs, best valid BLEU under its own decoding; detokenized test BLEU at beams 1 / 5 / 10; "
-              "talk: IWSLT14 de-en)\n")
-        print("| row | decoding | best epoch | valid | test 1 / 5 / 10 | beam 5 − seq2seq's (p) | talk |\n"
-              "|---|---|---|---|---|---|---|")
-        for name, row in tr.items():
-            if isinstance(row, dict) and "test" in row:
-                label = "NLL baseline (the start)" if name == "nll_baseline" else name
-                decoding = "`--bso-decoding`" if "--bso-decoding" in row.get("decoding", []) else "standard beam"
-                print(f"| {label} | {decoding} | {row['best_epoch']} | "
-                      f"{row['best_valid_bleu']:.2f} | {beams(row['test'])} | {versus_seq2seq(tr, name)} | "
-                      f"{TALK['translation'].get(name, '–')} |")
-        print()
-        extra = tagged_results("translation", "_")  # longer budgets (translation_e16.json), other seeds (_s2)
-        if extra:
-            print("**Translation, longer budgets and other seeds** (the same protocol; `translation.py --extra-epochs N`"
-                  " extends the 8-epoch runs, `--seed S` retrains every row from the same NLL start)\n")
-            print("| file | row | extra epochs | seed | best epoch | valid | test 1 / 5 / 10 | beam 5 − seq2seq's (p) |\n"
-                  "|---|---|---|---|---|---|---|---|")
-            for tag, res in extra:
-                settings = res.get("settings", {})
-                for name, row in res.items():
-                    if not isinstance(row, dict) or "test" not in row or name == "nll_baseline":
-                        continue
-                    print(f"| translation{tag} | {name} | {settings.get('extra_epochs')} | {settings.get('seed', 1)} | "
-                          f"{row['best_epoch']} | {row['best_valid_bleu']:.2f} | {beams(row['test'])} | "
-                          f"{versus_seq2seq(res, name)} |")
-            print()
-        seed_summary(tr, extra)
-    elif tr:
-        beam_table("translation", "**Translation** (l10n-de-en, detokenized BLEU at test beams 1 / 5 / 10; talk: "
-                   "IWSLT14 de-en)", ("pretrained", "seq2seq", "bso"))
-    ds = load("distillation")
-    speed = load("decode_speed")
-    if ds:
-        print("**Distillation** (l10n-de-en, each model trained until valid BLEU stopped improving (--patience) or, "
-              "marked (cap), to its epoch cap; test BLEU greedy / beam 5; talk: WMT14 en→de)\n")
-        print("| model | BLEU here | talk | best epoch / epochs | params | mass on greedy |\n|---|---|---|---|---|---|")
-        for m in ("teacher", "student", "word_kd", "seq_kd", "seq_inter", "seq_kd_small"):
-            r = ds.get(m)
-            if not r:
+def speed_rows(doc, sp, before=None):
+    rows = sp.get("rows", {})
+    ks = sorted((k for k in rows if k.startswith("bso") and k[3:].isdigit()), key=lambda k: int(k[3:]))
+    old = (before or {}).get("time_ratio", {})
+    head = "| K | ms per update | time × NLL |" + (" time × NLL, earlier revision |" if old else "") + " memory × NLL |"
+    doc.add(head, "|" + "---|" * (head.count("|") - 1))
+    nll = rows.get("nll", {})
+    doc.add(f"| NLL | {num(nll.get('ms_per_update'), 1)} | 1.00 |" + (" 1.00 |" if old else "") + " 1.00 |")
+    for k in ks + sorted(k for k in rows if k.startswith("bso") and not k[3:].isdigit()):
+        r = rows[k]
+        kk, _, score = k[3:].partition("_")
+        label = f"{kk}, `--bso-score {score}`" if score else kk
+        doc.add(f"| {label} | {num(r.get('ms_per_update'), 1)} | {num(r.get('time_ratio'))} |"
+                + (f" {num(old.get(k))} |" if old else "") + f" {num(r.get('mem_ratio'))} |")
+    doc.add("")
+    prof = sp.get("profile_k6")
+    if prof:
+        doc.add("Torch profiler, K = 6, ms per update: "
+                + "; ".join(f"{k} {v}" for k, v in prof.items()) + ".", "")
+
+
+def bso_speed_section(doc):
+    doc.add("## BSO training cost", "")
+    found = False
+    for name, title in (("bso_speed", "Translation model"), ("bso_speed_demo", "The demo's model")):
+        sp = doc.load(name)
+        if not sp:
+            continue
+        found = True
+        doc.add(f"### {title}", "")
+        doc.add(f"Model {code(sp.get('model'))} on {sp.get('data', DASH)}; batches of {sp.get('batch_sentences', DASH)} "
+                f"sentences (mean {sp.get('mean_target_tokens', DASH)} target tokens), {sp.get('threads', DASH)} threads; "
+                f"time per update and peak memory rise of the `bso` criterion at training beam K against NLL on the "
+                f"same batches, medians of paired per-round ratios over {sp.get('rounds', DASH)} rounds. The talk: "
+                "\"Backprop only requires 2x time as standard methods\".", "")
+        speed_rows(doc, sp, sp.get("before"))
+        if sp.get("before"):
+            doc.add(f"- Earlier revision: {sp['before'].get('how', DASH)}", "")
+        wo = sp.get("word_order_constraint")
+        if wo:
+            doc.add(f"The `word_order` constraint's cost: BSO training {num(wo.get('training_overhead_ratio'), 3)}× "
+                    f"(ms per update {', '.join(f'{k} {v}' for k, v in wo.get('train_ms_per_update', {}).items())}); "
+                    f"BSO decoding {num(wo.get('generation_overhead_ratio_per_beam_row'), 3)}× per beam row, "
+                    f"{num(wo.get('generation_wall_ratio'), 3)}× wall time ({wo.get('valid_sentences', DASH)} valid "
+                    "sentences, beam 5).", "")
+        provenance(doc, name, sp)
+        doc.plots(f"{name}.png")
+    if not found:
+        absent(doc, "bso_speed", "bso_speed_demo")
+
+
+def distill_rows(ds):
+    order = ("teacher", "student", "word_kd", "seq_kd", "seq_inter")
+    names = [n for n in order if isinstance(ds.get(n), dict)]
+    names += [n for n, r in ds.items() if n not in order and isinstance(r, dict) and "bleu_greedy" in r]
+    return names
+
+
+def mass(row):
+    for key in ("p_wstar_percent", "greedy_mass_percent"):
+        if row.get(key) is not None:
+            return f"{row[key]:.1f}%"
+    return DASH
+
+
+def distillation_section(doc):
+    doc.add("## Distillation (l10n-de-en)", "")
+    ds = doc.load("distillation")
+    if not ds:
+        return absent(doc, "distillation")
+    doc.add("Each model trained until valid BLEU (teacher beam 5, students greedy) stopped improving, or to its epoch "
+            "cap (marked \"(cap)\"); test BLEU greedy / beam 5. \"Mass on greedy\": the model's probability of its own "
+            "greedy output, averaged over the test sentences (p(w*)). Talk: WMT14 en→de, teacher 4×1000, "
+            "students 2×500.", "")
+    doc.add("| model | test greedy / beam 5 | talk | best epoch / epochs | params | mass on greedy | talk |",
+            "|---|---|---|---|---|---|---|")
+    for name in distill_rows(ds):
+        r = ds[name]
+        doc.add(f"| {name} | {num(r.get('bleu_greedy'))} / {num(r.get('bleu_beam5'))} | "
+                f"{TALK['distillation'].get(name, DASH)} | {ended(r)} | {millions(r.get('params'))} | {mass(r)} | "
+                f"{TALK['distillation_mass'].get(name, DASH)} |")
+    doc.add("")
+    facts = []
+    for key, value in (ds.get("targets") or {}).items():
+        facts.append(f"{key.replace('_', ' ')}: {value:+.2f}")
+    if ds.get("generation_throughput_ratio") is not None:
+        facts.append(f"`seq_kd` corpus generation throughput / plain `fairseq-generate`'s: "
+                     f"{ds['generation_throughput_ratio']:.2f}")
+    if ds.get("suite_wall_seconds") is not None:
+        facts.append(f"whole chain wall time: {ds['suite_wall_seconds'] / 60:.0f} min")
+    if facts:
+        doc.add("- " + "; ".join(facts) + ".", "")
+    provenance(doc, "distillation", ds, skip_settings=("only_student", "report", "throughput"))
+    doc.plots("distillation.png")
+
+
+def speed_models(speed):
+    """Model names of a decode_speed file in its order (``models`` when present, else the rows measured)."""
+    if isinstance(speed.get("models"), dict):
+        return list(speed["models"])
+    names = []
+    for part in ("batch1", "batched"):
+        for k, v in (speed.get(part) or {}).items():
+            if isinstance(v, dict) and k not in names:
+                names.append(k)
+    return names
+
+
+def params_of(speed, name, ds):
+    info = (speed.get("models") or {}).get(name) or {}
+    if info.get("params") is not None:
+        return info["params"]
+    return (ds.get(name.replace("+lean", "")) or {}).get("params") if ds else None
+
+
+def decode_speed_section(doc):
+    doc.add("## Decoding speed", "")
+    speed = doc.load("decode_speed")
+    if not speed:
+        return absent(doc, "decode_speed")
+    ds = doc.load("distillation") or {}
+    full = doc.load("decode_speed_full")
+    # the batched column from decode_speed_full.json only when it measured the same checkpoints
+    same = full and (full.get("settings") or {}).get("models") == (speed.get("settings") or {}).get("models")
+    batched_from = full if same else speed
+    b1, bb = speed.get("batch1") or {}, batched_from.get("batched") or {}
+    models = speed_models(speed)
+    teacher = models[0] if models else "teacher"
+    tbeam = ((speed.get("models") or {}).get(teacher) or {}).get("beam", (speed.get("settings") or {}).get("teacher_beam"))
+    doc.add(f"Source words per second, teacher at beam {tbeam if tbeam is not None else DASH}, the others greedy; "
+            "\"+lean\" rows decode with `--lean-greedy` (the plugin's greedy generator), the others with fairseq's "
+            f"generator; × teacher = the median of paired per-round ratios. Batch size 1: {b1.get('sentences', DASH)} "
+            f"test sentences; batched: {bb.get('sentences', DASH)} sentences"
+            + (" (from `decode_speed_full.json`, the same checkpoints)" if same else "")
+            + ". Talk (GPU): the greedy 2×500 student about 10× the beam-5 teacher (1051 against 101.9 words/s).", "")
+    doc.add("| model | params | batch 1: words/s | × teacher | ms per decoder step | batched: words/s | × teacher |",
+            "|---|---|---|---|---|---|---|")
+    for m in models:
+        r1, rb = b1.get(m) or {}, bb.get(m) or {}
+        label = f"{teacher} greedy, `--lean-greedy`" if m == f"{teacher}+lean" else m.replace("+lean", ", `--lean-greedy`")
+        doc.add(f"| {label} | {millions(params_of(speed, m, ds))} | {num(r1.get('words_per_sec'), 0)} | "
+                f"{num(r1.get('speedup_vs_teacher', 1.0 if m == teacher else None), 1)} | "
+                f"{num(r1.get('ms_per_decoder_step'), 2)} | {num(rb.get('words_per_sec'), 0)} | "
+                f"{num(rb.get('speedup_vs_teacher', 1.0 if m == teacher else None), 1)} |")
+    doc.add("")
+    provenance(doc, "decode_speed", speed, skip_settings=("models", "name"))
+    if same:
+        provenance(doc, "decode_speed_full", full, skip_settings=("models", "name"))
+
+    if ds.get(teacher) and tbeam == 5:
+        rows = []
+        for m in [n for n in distill_rows(ds) if n != teacher] + [teacher]:
+            lean = f"{m}+lean"
+            r1, rb = b1.get(lean), bb.get(lean)
+            if not (r1 and rb and ds.get(m) and ds[m].get("bleu_greedy") is not None):
                 continue
-            print(f"| {m} | {r['bleu_greedy']:.2f} / {r['bleu_beam5']:.2f} | {TALK['distillation'].get(m, '–')} | "
-                  f"{ended(r)} | {r['params'] / 1e6:.2f}M | "
-                  f"{r['greedy_mass_percent']:.1f}% |")
-        print()
-    full = load("decode_speed_full")  # the batched setting on the whole test set, when measured separately
-    if speed:
-        print("**Decoding speed** (`decode_speed.json`, batched from `decode_speed_full.json`: source words/s on one thread, teacher at beam 5, "
-              "students greedy; median of paired rounds; batch 1: the first "
-              f"{speed['batch1']['sentences']} test sentences; batched: {(full or speed)['batched']['sentences']} "
-              "sentences)\n")
-        print("| model | params | batch 1: words/s | × teacher | batched: words/s | × teacher |")
-        print("|---|---|---|---|---|---|")
-        teacher = next(iter(speed["models"]))
-        for m, info in speed["models"].items():
-            b1, bb = speed["batch1"][m], (full or speed)["batched"][m]
-            label = ("teacher greedy, `--lean-greedy`" if m == f"{teacher}+lean"
-                     else m.replace("+lean", ", `--lean-greedy`"))
-            print(f"| {label} | {info['params'] / 1e6:.2f}M | {b1['words_per_sec']:.0f} | "
-                  f"{b1.get('speedup_vs_teacher', 1.0):.1f} | {bb['words_per_sec']:.0f} | "
-                  f"{bb.get('speedup_vs_teacher', 1.0):.1f} |")
-        print()
-        if ds and teacher in ds and speed["models"][teacher]["beam"] == 5:  # BLEU at beam 5 is what ds holds
-            print("**Size, speed and BLEU** (students greedy with `--lean-greedy`, against the teacher's beam 5 "
-                  "with fairseq's generator; BLEU from `distillation.json`)\n")
-            print("| model | params | BLEU (greedy) | vs teacher beam 5 | batch 1 × teacher | batched × teacher |")
-            print("|---|---|---|---|---|---|")
-            print(f"| teacher, beam 5 | {speed['models'][teacher]['params'] / 1e6:.2f}M | "
-                  f"{ds[teacher]['bleu_beam5']:.2f} (beam 5) | – | 1.0 | 1.0 |")
-            for m in ("student", "seq_kd", "seq_kd_small", teacher):
-                lean = f"{m}+lean"
-                b1, bb = speed["batch1"].get(lean), (full or speed)["batched"].get(lean)
-                if not (b1 and bb and m in ds):
-                    continue
-                print(f"| {m}{' greedy' if m == teacher else ''} | {speed['models'][lean]['params'] / 1e6:.2f}M | "
-                      f"{ds[m]['bleu_greedy']:.2f} | {ds[m]['bleu_greedy'] - ds[teacher]['bleu_beam5']:+.2f} | "
-                      f"{b1['speedup_vs_teacher']:.1f} | {bb['speedup_vs_teacher']:.1f} |")
-            print()
-    pr = load("pruning")
-    if pr and "rows" in pr:
-        print("**Pruning** the converged Seq-KD student, retrained until valid BLEU stopped improving or an epoch "
-              "cap (the table says which; test BLEU greedy / beam 5)\n")
-        print("| scheme | pruned | BLEU | lost vs 0% (greedy / beam 5) | best epoch / epochs | non-zero params | "
-              "sparse copy |\n|---|---|---|---|---|---|---|")
-        rows = [(r, "") for r in pr["rows"].values()]
-        for _, lever in tagged_results("pruning", "_lr"):  # retraining-lr levers (--tag), losses vs the 0% row
-            rows += [(r, f", retrained at lr {lever['settings']['retrain_lr']:g}") for r in lever.get("rows", {}).values()]
-        for r, note in rows:
-            print(f"| {r['scheme']} | {r['ratio_percent']}%{note} | {r['bleu_greedy']:.2f} / {r['bleu_beam5']:.2f} | "
-                  f"{lost(r, 'bleu_lost_greedy')} / {lost(r, 'bleu_lost_beam5')} | "
-                  f"{ended(r)} | {r['nonzero_params']:,} | "
-                  f"{r['sparse_export_bytes'] / 2**20:.1f} MiB |")
-        print(f"\nTalk (class-blind, beam 5): {', '.join(f'{k}% {v}' for k, v in TALK['pruning'].items())}\n")
-    sp = load("bso_speed")
-    if sp:
-        print("**BSO training cost** (time per update and peak memory rise vs NLL, same batches)\n")
-        print("| K | time × NLL | memory × NLL |\n|---|---|---|")
-        for k in range(2, 7):
-            row = sp["rows"][f"bso{k}"]
-            print(f"| {k} | {row['time_ratio']:.2f} | {row['mem_ratio']:.2f} |")
-        print()
+            rows.append(f"| {m}{' greedy' if m == teacher else ''} | {millions(params_of(speed, lean, ds))} | "
+                        f"{num(ds[m]['bleu_greedy'])} | {ds[m]['bleu_greedy'] - ds[teacher]['bleu_beam5']:+.2f} | "
+                        f"{num(r1.get('speedup_vs_teacher'), 1)} | {num(rb.get('speedup_vs_teacher'), 1)} |")
+        if rows:
+            doc.add("### Size, speed and BLEU", "",
+                    "Greedy with `--lean-greedy` against the teacher's beam 5 with fairseq's generator; BLEU from "
+                    "`distillation.json`.", "",
+                    "| model | params | test BLEU greedy | − teacher beam 5 | batch 1 × teacher | batched × teacher |",
+                    "|---|---|---|---|---|---|",
+                    f"| teacher, beam 5 | {millions(params_of(speed, teacher, ds))} | {num(ds[teacher].get('bleu_beam5'))} "
+                    f"(beam 5) | {DASH} | 1.0 | 1.0 |", *rows, "")
+
+
+def pruning_row_fields(key, row):
+    """(scheme, percent) of a pruning row: its own fields, else its key ``scheme:percent``."""
+    scheme, _, percent = key.partition(":")
+    scheme = row.get("scheme", scheme)
+    percent = row.get("ratio_percent", int(percent) if percent.isdigit() else None)
+    return scheme, percent
+
+
+def pruning_section(doc):
+    doc.add("## Pruning the Seq-KD student", "")
+    pr = doc.load("pruning")
+    if not pr or "rows" not in pr:
+        return absent(doc, "pruning")
+    before = pr.get("seq_kd_student_before_retraining") or {}
+    lr = (pr.get("settings") or {}).get("retrain_lr")
+    doc.add("The converged Seq-KD student pruned by magnitude (class-blind: one threshold over all weights; "
+            "class-uniform: the same share of every weight class; class-distribution: each class at λ times its "
+            "weights' standard deviation), then retrained with the masks kept until valid BLEU (greedy) stopped "
+            "improving or an epoch cap (marked \"(cap)\"); test BLEU greedy / beam 5; \"lost\" is against the 0% row "
+            "(the same retraining without pruning); \"dense\" rows are dense students trained with as many weights as "
+            "the pruned row's non-zeros. Talk (class-blind, beam 5, WMT14 en→de): "
+            + ", ".join(f"{k}% {v}" for k, v in TALK["pruning"].items()) + ".", "")
+    if before:
+        doc.add(f"The student before pruning: {num(before.get('bleu_greedy'))} / {num(before.get('bleu_beam5'))}.", "")
+    rows = [("pruning.json", k, r, f"lr {lr:g}" if lr is not None else DASH) for k, r in pr["rows"].items()]
+    for tag, lever in doc.tagged("pruning", "_lr"):
+        llr = (lever.get("settings") or {}).get("retrain_lr")
+        rows += [(f"pruning{tag}.json", k, r, f"lr {llr:g}" if llr is not None else DASH)
+                 for k, r in (lever.get("rows") or {}).items()]
+    dense0 = pr["rows"].get("class-blind:0") or {}
+    doc.add("| file | scheme | pruned | retraining | test greedy / beam 5 | lost greedy / beam 5 | best epoch / epochs | "
+            "non-zero params | sparse copy | talk |", "|---|---|---|---|---|---|---|---|---|---|")
+    for file, key, r, retrain in rows:
+        scheme, percent = pruning_row_fields(key, r)
+        lost_g, lost_b = r.get("bleu_lost_greedy"), r.get("bleu_lost_beam5")
+        if lost_g is None and dense0 and r is not dense0 and r.get("bleu_greedy") is not None:
+            lost_g = dense0["bleu_greedy"] - r["bleu_greedy"]
+        if lost_b is None and dense0 and r is not dense0 and r.get("bleu_beam5") is not None:
+            lost_b = dense0["bleu_beam5"] - r["bleu_beam5"]
+        if r is dense0:
+            lost_g = lost_b = 0.0
+        talk = TALK["pruning"].get(percent, DASH) if scheme == "class-blind" else DASH
+        nz = r.get("nonzero_params")
+        sparse = r.get("sparse_export_bytes")
+        if scheme == "dense":  # a dense student as large as the pruned row's non-zeros, not a retraining
+            pruned, retrain = (f"none (the non-zeros of {percent}%)" if percent is not None else "none"), DASH
+        else:
+            pruned = DASH if percent is None else f"{percent}%"
+        doc.add(f"| `{file}` | {scheme} | {pruned} | {retrain} | "
+                f"{num(r.get('bleu_greedy'))} / {num(r.get('bleu_beam5'))} | {num(lost_g)} / {num(lost_b)} | {ended(r)} | "
+                f"{DASH if nz is None else f'{nz:,}'} | {DASH if sparse is None else f'{sparse / 2**20:.1f} MiB'} | {talk} |")
+    doc.add("")
+    provenance(doc, "pruning", pr, skip_settings=("only", "report", "overhead", "rows"))
+    for tag, lever in doc.tagged("pruning", "_lr"):
+        provenance(doc, f"pruning{tag}", lever, skip_settings=("only", "report", "overhead", "rows"))
+    doc.plots("pruning.png", "pruning_curves.png")
+
+
+SECTIONS = (demo_section, word_ordering_section, recipe_section, translation_section, bso_speed_section,
+            distillation_section, decode_speed_section, pruning_section)
+
+
+def render(results_dir=RESULTS, output=OUTPUT):
+    doc = Doc(results_dir, output)
+    doc.add("# Results", "",
+            "<!-- Generated by `python3 -m benchmarks.report --write` from benchmarks/results/*.json: do not edit by "
+            "hand; regenerate after changing a results file (tests/test_report.py fails until then). -->", "",
+            "Measured on a 2-core CPU machine with the scripts in `benchmarks/` (how to run them: "
+            "`benchmarks/README.md`; which file feeds which table: `benchmarks/results/README.md`). Each section "
+            "lists its file's command, settings and measurement conditions; speed figures are figures only where "
+            "the conditions say nothing else ran. The talk's numbers come from GPUs, larger models and other corpora "
+            "(PTB word ordering, IWSLT14 and WMT14 translation), so compare rows within a table, not with the talk's "
+            "absolute BLEU.", "")
+    doc.add("Sections: " + ", ".join(f"[{TITLES[s.__name__][0]}](#{TITLES[s.__name__][1]})" for s in SECTIONS)
+            + ".", "")
+    for section in SECTIONS:
+        section(doc)
+    rest = sorted(os.path.basename(p) for p in glob.glob(os.path.join(results_dir, "*.png"))
+                  if os.path.basename(p) not in doc.linked)
+    if rest:
+        doc.add("## Other plots", "")
+        doc.plots(*rest)
+    return doc.text()
+
+
+# the contents line: (link text, the anchor GitHub gives the section's heading)
+TITLES = {"demo_section": ("the demo over seeds", "the-demo-over-seeds"),
+          "word_ordering_section": ("word ordering", "word-ordering-on-kjv"),
+          "recipe_section": ("BSO recipe ablations", "bso-recipe-ablations-the-demo-corpus"),
+          "translation_section": ("translation", "translation-l10n-de-en"),
+          "bso_speed_section": ("BSO training cost", "bso-training-cost"),
+          "distillation_section": ("distillation", "distillation-l10n-de-en"),
+          "decode_speed_section": ("decoding speed", "decoding-speed"),
+          "pruning_section": ("pruning", "pruning-the-seq-kd-student")}
+
+
+def write_atomic(path, text):
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    tmp = f"{path}.tmp{os.getpid()}"
+    with open(tmp, "w", encoding="utf-8") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def check(path, text, context=40):
+    """0 when ``path`` holds ``text``; else print a diff summary and return 1."""
+    if not os.path.exists(path):
+        print(f"report --check: {path} does not exist; run `python3 -m benchmarks.report --write`")
+        return 1
+    with open(path, encoding="utf-8") as f:
+        current = f.read()
+    if current == text:
+        print(f"report --check: {path} is up to date")
+        return 0
+    diff = list(difflib.unified_diff(current.splitlines(), text.splitlines(), fromfile=f"{path} (on disk)",
+                                     tofile=f"{path} (from the results files)", lineterm=""))
+    removed = sum(1 for d in diff if d.startswith("-") and not d.startswith("---"))
+    added = sum(1 for d in diff if d.startswith("+") and not d.startswith("+++"))
+    print(f"report --check: {path} differs from what --write would write ({removed} lines removed, {added} added); "
+          "run `python3 -m benchmarks.report --write`")
+    print("\n".join(diff[:context]))
+    if len(diff) > context:
+        print(f"... ({len(diff) - context} more diff lines)")
+    return 1
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    mode = parser.add_mutually_exclusive_group()
+    mode.add_argument("--write", action="store_true", help="write the document to --output")
+    mode.add_argument("--check", action="store_true", help="exit 1 when --output differs from what --write writes")
+    parser.add_argument("--results", default=RESULTS, help="results folder (default: benchmarks/results)")
+    parser.add_argument("--output", default=OUTPUT, help="the document (default: docs/results.md)")
+    args = parser.parse_args(argv)
+    if not os.path.isdir(args.results):
+        parser.error(f"--results {args.results}: not a folder")
+    text = render(args.results, args.output)
+    if args.check:
+        return check(args.output, text)
+    if args.write:
+        write_atomic(args.output, text)
+        print(f"wrote {args.output}")
+        return 0
+    sys.stdout.write(text)
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())
