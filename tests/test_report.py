@@ -117,3 +117,12 @@ def test_compression_tables_read_the_new_keys(new_keys):
     missing = [line for line in expected if line not in lines]
     assert not missing, "missing lines:\n" + "\n".join(missing) + "\n--- got:\n" + text
     assert not any(line.startswith("| word_kd") for line in lines), text
+
+
+def test_results_index_names_every_results_file():
+    with open(os.path.join(report.RESULTS, "README.md")) as f:
+        index = f.read()
+    files = sorted(name for folder in (report.RESULTS, os.path.join(report.RESULTS, "archive")) if os.path.isdir(folder)
+                   for name in os.listdir(folder) if name.endswith(".json"))
+    unlisted = [name for name in files if name not in index]
+    assert files and not unlisted, f"benchmarks/results/README.md does not name: {unlisted}"
