@@ -1,13 +1,33 @@
 #!/usr/bin/env python3
 """Plots of the benchmark results (PNG in benchmarks/results/), from whatever results files exist.
 
-    python3 benchmarks/plots.py
+    python3 benchmarks/plots.py        # or: python3 -m benchmarks.plots
+
+Then regenerate docs/results.md (``python3 -m benchmarks.report --write``), which links the plots.
+Pruning rows are read with either key set (``scheme``/``ratio_percent`` fields, or only the row key
+``scheme:percent``, including issue 28's ``dense:N`` rows, drawn as their own markers).
 """
 
+import glob
 import json
 import os
 
-from common import RESULTS, tagged_results
+RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
+
+
+def tagged_results(name, tag_prefix):
+    """[(tag, results)] of the files results/{name}{tag_prefix}*.json, sorted by name."""
+    found = []
+    for path in sorted(glob.glob(os.path.join(RESULTS, f"{name}{tag_prefix}*.json"))):
+        with open(path) as f:
+            found.append((os.path.basename(path)[len(name):-len(".json")], json.load(f)))
+    return found
+
+
+def scheme_and_percent(key, row):
+    """(scheme, percent) of a pruning row: its own fields, else its key ``scheme:percent``."""
+    scheme, _, percent = key.partition(":")
+    return row.get("scheme", scheme), row.get("ratio_percent", int(percent) if percent.isdigit() else None)
 
 
 def load(name):
@@ -66,9 +86,13 @@ def convergence_curves(plt, rows, title, out):
     """Valid BLEU per epoch of runs trained to convergence (deen.run_info's curves), best epoch marked."""
     fig, ax = plt.subplots(figsize=(6, 4))
     for name, row in rows.items():
+        if not row.get("valid_bleu_curve"):
+            continue
         epochs, bleu = zip(*row["valid_bleu_curve"])
-        line, = ax.plot(epochs, bleu, marker=".", label=f"{name} (best ep {row['best_epoch']})")
-        ax.plot([row["best_epoch"]], [row["best_valid_bleu"]], marker="o", color=line.get_color())
+        best = row.get("best_epoch")
+        line, = ax.plot(epochs, bleu, marker=".", label=name if best is None else f"{name} (best ep {best})")
+        if best is not None and row.get("best_valid_bleu") is not None:
+            ax.plot([best], [row["best_valid_bleu"]], marker="o", color=line.get_color())
     ax.set_xlabel("epoch")
     ax.set_ylabel("valid BLEU")
     ax.set_title(title, fontsize=9)
@@ -139,14 +163,15 @@ def main():
             curves.update({f"{row} {tag.lstrip('_')}": r for row, r in lever.get("rows", {}).items()})
         convergence_curves(plt, curves, "Pruned Seq-KD students retrained: valid BLEU (greedy)",
                            "pruning_curves.png")
-        blind = sorted((r for r in pr["rows"].values() if r["scheme"] == "class-blind"),
-                       key=lambda r: r["ratio_percent"])
+        rows = [(*scheme_and_percent(k, r), r) for k, r in pr["rows"].items()]
+        blind = sorted(((p, r) for s, p, r in rows if s == "class-blind" and p is not None), key=lambda x: x[0])
         fig, ax = plt.subplots(figsize=(5, 3.5))
         for key, label in (("bleu_greedy", "greedy"), ("bleu_beam5", "beam 5")):
-            ax.plot([r["ratio_percent"] for r in blind], [r[key] for r in blind], marker="o", label=label)
-        for r in pr["rows"].values():
-            if r["scheme"] != "class-blind":
-                ax.plot([r["ratio_percent"]], [r["bleu_greedy"]], marker="x", ls="", label=f"{r['scheme']} greedy")
+            ax.plot([p for p, _ in blind], [r[key] for _, r in blind], marker="o", label=label)
+        for scheme, percent, r in rows:
+            if scheme != "class-blind" and percent is not None and r.get("bleu_greedy") is not None:
+                label = f"dense, as many weights as {percent}% pruned, greedy" if scheme == "dense" else f"{scheme} greedy"
+                ax.plot([percent], [r["bleu_greedy"]], marker="s" if scheme == "dense" else "x", ls="", label=label)
         ax.set_xlabel("weights pruned (%), retrained to convergence")
         ax.set_ylabel("test BLEU")
         ax.set_title("Seq-KD student: BLEU vs sparsity")
