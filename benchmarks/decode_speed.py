@@ -15,7 +15,7 @@ median over rounds of (teacher seconds / student seconds).  Two settings:
 Source words/s count the raw German words of the sentences decoded; ``ms_per_decoder_step`` divides the time
 by the search's steps (per batch, its longest output), which shows whether model size or the generator's
 per-step work sets the speed.  ``--lean-greedy`` adds a ``NAME+lean`` row per model, the teacher's greedy included: the same model decoded by
-``fairseq_bso.greedy.GreedyGenerator`` (``fairseq-generate --task constrained_beam_training --lean-greedy``), the
+``fairseq_bso.distill.greedy.GreedyGenerator`` (``fairseq-generate --task constrained_beam_training --lean-greedy``), the
 generator's beam-1 hypotheses without its beam bookkeeping and, for LSTM models, with ``LSTMStep`` in place of
 fairseq's ``forward_decoder``.  ``teacher+lean`` against ``NAME+lean`` is the model's share of a speed-up (same
 search, same decoder code); ``teacher`` against ``teacher+lean`` is the search's and the code's.  Run it on a quiet machine (nothing else
@@ -68,7 +68,7 @@ def main():
                         help="state in the results file that nothing else ran during the measurement")
     parser.add_argument("--name", default="decode_speed", help="results file name")
     parser.add_argument("--lean-greedy", action="store_true",
-                        help="also decode every model, the teacher too, with fairseq_bso.greedy.GreedyGenerator "
+                        help="also decode every model, the teacher too, with fairseq_bso.distill.greedy.GreedyGenerator "
                              "(NAME+lean rows: the same hypotheses as the generator at beam 1, without its beam "
                              "bookkeeping, with LSTMStep for LSTM models)")
     args = parser.parse_args()
@@ -99,7 +99,7 @@ def main():
                                           max_len_a=1.5, max_len_b=10)
                   for name, (m, _) in models.items()}
     if args.lean_greedy:
-        from fairseq_bso.greedy import GreedyGenerator
+        from fairseq_bso.distill.greedy import GreedyGenerator
 
         for name in list(models):  # the teacher too: its greedy, to tell the search's share from the model's
             models[f"{name}+lean"] = models[name]

@@ -6,7 +6,7 @@ the start of retraining and retrained with the masks fixed until validation BLEU
 decoding) has not improved for ``--patience`` epochs (``--task constrained_beam_training --prune-ratio r``,
 ``--eval-bleu``, ``--patience``; lower learning rate; best checkpoint).  Rows (``--rows``): class-blind 0%
 (the same retraining without pruning: the dense reference), 80% and 90%, class-uniform and
-class-distribution at 80% (See et al.'s schemes; classes as in ``fairseq_bso.pruning``: each module's
+class-distribution at 80% (See et al.'s schemes; classes as in ``fairseq_bso.prune.masks``: each module's
 weight matrices, attention one class).  Reports detokenized BLEU greedy and beam 5, what each row loses
 against the 0% row, non-zero parameters and the size on disk of the stock export and of its sparse copy
 (``fairseq-bso-prune export --sparse``), epochs and wall time.
@@ -34,7 +34,7 @@ ROWS = ["class-blind:0", "class-blind:80", "class-blind:90", "class-uniform:80",
 def step_overhead(bin_dir, ckpt, rounds, batches=4):
     import torch
     from fairseq.criterions.cross_entropy import CrossEntropyCriterion
-    from fairseq_bso.pruning import Pruner, PruningConfig
+    from fairseq_bso.prune.masks import Pruner, PruningConfig
 
     torch.set_num_threads(2)
     task, model, samples = valid_batches(ckpt, bin_dir, batches, max_tokens=4000)

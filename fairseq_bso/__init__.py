@@ -2,18 +2,29 @@
 constrained beam training, sequence-level knowledge distillation and magnitude
 pruning (Wiseman and Rush 2016; Kim and Rush 2016; See et al. 2016).
 
+The package is laid out by method, in layers (a module imports only from its own
+layer or the ones below):
+
+* ``fairseq_fixes/`` — patches to fairseq itself, applied on import (see its ``__init__``);
+  ``fault_points`` — named no-op points the test suite arms to inject faults;
+  ``prep``, ``evaluation``, ``path`` — data pipelines, BLEU on generate logs, the plugin's folder.
+* ``bso/`` — the BSO search (Algorithm 1), costs, the ``bso`` criterion, BSO decoding.
+* ``constraints/`` — constraints (``fairseq_bso.constraints`` is the import path for your own),
+  arc-standard parsing, the ``constrained_beam_training`` task.
+* ``distill/`` — the ``seq_kd`` task and its corpus store, the ``word_kd`` criterion, the lean greedy decoder.
+* ``prune/`` — magnitude pruning (masks, the ``fairseq-bso-prune`` command).
+
 Importing the package registers everything: fairseq itself auto-imports only
-``tasks/`` and ``models/`` below a ``--user-dir``, so criterions and the rest are
+``tasks/`` and ``models/`` below a ``--user-dir``, so the registering modules are
 imported here, as fairseq's ``examples/discriminative_reranking_nmt`` does.
 """
 
 __version__ = "0.1.0"
 
-from . import checkpoint_files, checkpoint_safety  # noqa: E402
+from . import fairseq_fixes  # noqa: E402  (patches fairseq before anything registers)
 
-checkpoint_safety.allow_fairseq_checkpoint_types()
-checkpoint_safety.safe_broadcasts_between_workers()  # rank 0 sends a loaded checkpoint to the other workers
-checkpoint_files.make_checkpoint_copies_atomic()  # a kill while fairseq copies checkpoint_last.pt
-checkpoint_files.name_unreadable_checkpoints()  # a truncated or foreign checkpoint: an error naming the file
+fairseq_fixes.apply()
 
-from . import criterions, tasks  # noqa: F401,E402
+from .bso import criterion  # noqa: F401,E402  (registers --criterion bso)
+from .constraints import task  # noqa: F401,E402  (registers --task constrained_beam_training)
+from .distill import seq_kd, word_kd  # noqa: F401,E402  (registers --task seq_kd, --criterion word_kd)

@@ -1,9 +1,9 @@
 """Algorithm 1 written literally: one sentence at a time, Python lists, no incremental state.
 
 Every score is computed by running the decoder on the whole prefix with teacher
-forcing, so nothing here shares code or tricks with ``fairseq_bso.training_search``.
+forcing, so nothing here shares code or tricks with ``fairseq_bso.bso.search``.
 
-Levers, as ``fairseq_bso.training_search`` documents them:
+Levers, as ``fairseq_bso.bso.search`` documents them:
 
 * ``score="logit"`` (the paper): a prefix scores the raw logit of its last token;
   ``score="log_softmax"``: a prefix scores Σ_j log softmax(f(· | prefix_<j))[prefix_j],

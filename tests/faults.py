@@ -3,7 +3,7 @@
     python3 tests/faults.py fairseq-generate ARGS...     (or any console script: fairseq-train, ...)
 
 runs the console script's entry point in this process, with the plugin's fault points
-(``fairseq_bso.hooks``) armed from the environment:
+(``fairseq_bso.fault_points``) armed from the environment:
 
     FAIRSEQ_BSO_KILL_AT_BATCH=N   the N-th seq_kd batch written to the shard log: half of its first line is
                                   written and fsync'd, then SIGKILL (a kill in the middle of the write)
@@ -43,7 +43,7 @@ def _tear_copy(path: str) -> None:
 
 
 def arm() -> None:
-    from fairseq_bso import hooks
+    from fairseq_bso import fault_points as hooks
 
     hooks.armed["seq_kd.append_batch"] = lambda log, text: kill_at("FAIRSEQ_BSO_KILL_AT_BATCH",
                                                                    lambda: _tear_log(log, text))

@@ -3,7 +3,7 @@
 fairseq-fixed 0.12.3's ``data_utils.batch_by_size`` drops the last batch when its size is not a multiple of
 ``--required-batch-size-multiple`` (default 8), and its batcher ends a dataset with such a remainder batch: the
 last few sentences of every training epoch, every validation and every ``fairseq-generate`` run are lost.  The
-plugin's tasks keep that batch (``fairseq_bso/batching.py``); stock ``--task translation`` shows the loss.
+plugin's tasks keep that batch (``fairseq_bso/fairseq_fixes/batching.py``); stock ``--task translation`` shows the loss.
 The seq_kd side (``fairseq-generate --task seq_kd``) is in tests/test_seq_kd.py.
 """
 
@@ -59,7 +59,7 @@ def test_stock_translation_loses_the_last_partial_batch(uneven_bin, subset):
 
 
 def test_left_out_sentences_become_one_more_batch_in_fairseqs_order():
-    from fairseq_bso.batching import with_left_out
+    from fairseq_bso.fairseq_fixes.batching import with_left_out
 
     indices = np.array([5, 3, 9, 0, 7, 1], dtype=np.int64)
     batches = with_left_out([np.array([5, 3]), np.array([9, 0])], indices)
@@ -69,7 +69,7 @@ def test_left_out_sentences_become_one_more_batch_in_fairseqs_order():
 
 def test_batches_rebuilt_every_epoch_keep_every_sentence_too(uneven_bin):
     """With rebuild_batches fairseq makes each epoch's batches later, outside get_batch_iterator."""
-    from fairseq_bso.tasks.constrained_beam_training import ConstrainedBeamTrainingConfig, ConstrainedBeamTrainingTask
+    from fairseq_bso.constraints.task import ConstrainedBeamTrainingConfig, ConstrainedBeamTrainingTask
 
     cfg = ConstrainedBeamTrainingConfig(data=uneven_bin, source_lang="src", target_lang="tgt", dataset_impl=None,
                                         required_seq_len_multiple=1, train_subset="train")

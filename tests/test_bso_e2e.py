@@ -43,7 +43,7 @@ def test_resume_continues_with_the_right_beam_size(bso_run):
 
 def bso_loss_at(checkpoint, data_bin, K, n=200):
     """The BSO loss of a checkpoint on the first n training sentences at a fixed K (no dropout)."""
-    from fairseq_bso.criterions.bso import BSOCriterion
+    from fairseq_bso.bso.criterion import BSOCriterion
     task, model, _, _ = harness.task_and_valid_batch(checkpoint, data_bin)
     task.load_dataset("train")
     sample = next(iter(task.get_batch_iterator(dataset=task.dataset("train"), max_sentences=n,
@@ -70,8 +70,8 @@ def test_rescored_scores_equal_the_search_with_dropout_on(word_order_bin, nll_ch
     violating scores the re-scoring computes under autograd are the ones the search ranked by, at
     every violation (float64, so the only differences are summation order), with the decoder's
     dropout off in both passes or on with shared masks (--bso-dropout)."""
-    from fairseq_bso.costs import COSTS
-    from fairseq_bso.training_search import bso_search, decoder_dropout, rescore, segment_sums
+    from fairseq_bso.bso.costs import COSTS
+    from fairseq_bso.bso.search import bso_search, decoder_dropout, rescore, segment_sums
     task, model, _, sample = harness.task_and_valid_batch(nll_checkpoint, word_order_bin)
     model = model.double().train()
     dropouts = [m for m in model.modules() if type(m).__name__ == "FairseqDropout"]
@@ -187,7 +187,7 @@ def test_reset_optimizer_state_gives_a_fresh_optimizer():
     from types import SimpleNamespace
     from fairseq.optim.adam import FairseqAdam
     from fairseq.optim.adagrad import Adagrad
-    from fairseq_bso.criterions.bso import reset_optimizer_state
+    from fairseq_bso.bso.criterion import reset_optimizer_state
 
     def stepped(make, reset):
         torch.manual_seed(0)
@@ -238,7 +238,7 @@ def test_shared_dropout_with_a_transformer_is_refused(word_order_bin, tmp_path):
 def test_model_without_incremental_decoder_is_refused():
     from types import SimpleNamespace
     from fairseq.data import Dictionary
-    from fairseq_bso.criterions.bso import BSOCriterion
+    from fairseq_bso.bso.criterion import BSOCriterion
 
     d = Dictionary()
     for s in "abcdef":
@@ -252,7 +252,7 @@ def test_model_without_incremental_decoder_is_refused():
 
 
 def test_curriculum_beam_sizes():
-    from fairseq_bso.criterions.bso import curriculum_beam_size
+    from fairseq_bso.bso.criterion import curriculum_beam_size
     assert [curriculum_beam_size(e, 2, 2, 6) for e in range(1, 13)] == [2, 2, 3, 3, 4, 4, 5, 5, 6, 6, 6, 6]
     assert [curriculum_beam_size(e, 6, 2, 6) for e in range(1, 4)] == [6, 6, 6]
 

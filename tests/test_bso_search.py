@@ -8,8 +8,8 @@ from fairseq.data import Dictionary
 from fairseq.models.lstm import LSTMDecoder, LSTMEncoder, LSTMModel
 
 from bso_reference import reference_bso, reference_dropout, reference_nll
-from fairseq_bso.costs import COSTS, segment_bleu
-from fairseq_bso.training_search import (bso_loss, bso_search, decoder_dropout, deterministic_decoder,
+from fairseq_bso.bso.costs import COSTS, segment_bleu
+from fairseq_bso.bso.search import (bso_loss, bso_search, decoder_dropout, deterministic_decoder,
                                          gathered_logits, nll_loss, rescore)
 
 SYMBOLS = list("abcde")
@@ -422,7 +422,7 @@ def test_segment_costs_use_the_segment_since_the_last_reset():
     """A hand-made case: a reset at step 1 (so the segment of steps 2.. starts at 2, as the search
     records it), then a violation at step 3 scored on steps 2..3 only.  (The search's segment starts
     are checked against the literal reference's Δ in the tests above.)"""
-    from fairseq_bso.training_search import segment_costs
+    from fairseq_bso.bso.search import segment_costs
     target = torch.tensor([[5, 6, 7, 8, 2]])
     viol_tokens = torch.tensor([[9, 6, 7, 9, 2]])
     violation = torch.tensor([[False, True, False, True, False]])

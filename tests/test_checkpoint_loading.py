@@ -43,7 +43,7 @@ def test_checkpoint_with_other_global_still_fails_loudly(word_order_bin, nll_che
 
 def test_in_process_load_with_weights_only(nll_checkpoint):
     import fairseq_bso  # noqa: F401
-    from fairseq_bso.checkpoint_safety import FAIRSEQ_CHECKPOINT_TYPES
+    from fairseq_bso.fairseq_fixes.checkpoint_safety import FAIRSEQ_CHECKPOINT_TYPES
 
     state = torch.load(nll_checkpoint, weights_only=True)
     assert "model" in state and any(isinstance(v, torch.Tensor) for v in state["model"].values())

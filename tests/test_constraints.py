@@ -11,8 +11,8 @@ import torch
 import harness
 from bso_reference import reference_bso
 from fairseq_bso.constraints import CONSTRAINTS, WordOrderConstraint, build_constraint
-from fairseq_bso.costs import COSTS
-from fairseq_bso.training_search import bso_loss, bso_search, deterministic_decoder, rescore
+from fairseq_bso.bso.costs import COSTS
+from fairseq_bso.bso.search import bso_loss, bso_search, deterministic_decoder, rescore
 from test_bso_search import assert_loss_equal, left_pad, list_cost, make_dict, make_model, right_pad
 
 

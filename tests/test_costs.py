@@ -6,7 +6,7 @@ import pytest
 import sacrebleu
 import torch
 
-from fairseq_bso.costs import COSTS, segment_bleu
+from fairseq_bso.bso.costs import COSTS, segment_bleu
 
 
 def reference_bleu(hyp, ref):

@@ -1,4 +1,4 @@
-"""``--lean-greedy`` (``fairseq_bso.greedy``): the hypotheses of fairseq's generator at ``--beam 1``, through
+"""``--lean-greedy`` (``fairseq_bso.distill.greedy``): the hypotheses of fairseq's generator at ``--beam 1``, through
 ``fairseq-generate`` and in process, and a clear error for every option it does not implement."""
 
 import copy
@@ -60,7 +60,7 @@ def test_lean_greedy_hypotheses_equal_the_generators_in_process(word_order_bin, 
     """In float64: tokens exactly; scores, positional scores and attention to within a few float64 roundings
     of their magnitude (the same operations run in the same order, so they are equal on any CPU we know of)."""
     from fairseq.sequence_generator import SequenceGenerator
-    from fairseq_bso.greedy import GreedyGenerator
+    from fairseq_bso.distill.greedy import GreedyGenerator
 
     task, model, _, sample = harness.task_and_valid_batch(varied_checkpoint, word_order_bin)
     model.double().eval()
@@ -141,7 +141,7 @@ def test_lstm_step_equals_fairseqs_decoder_step(config, padded):
     Equality is exact: both run the same operations on tensors of the same shapes and strides, so any difference
     (a skipped float32 round trip in the attention, say, which moves float64 log-probs by about 1e-7) is a
     change of computation, not rounding noise."""
-    from fairseq_bso.greedy import LSTMStep
+    from fairseq_bso.distill.greedy import LSTMStep
 
     config = dict(config)
     residuals = config.pop("residuals", False)
@@ -186,7 +186,7 @@ def test_lstm_step_equals_fairseqs_decoder_step(config, padded):
 def test_lstm_step_refuses_what_it_does_not_write_out():
     """A subclass, a forward hook or dropout that applies: ``LSTMStep`` steps aside (fairseq's forward_decoder)."""
     from fairseq.models.lstm import LSTMModel
-    from fairseq_bso.greedy import LSTMStep
+    from fairseq_bso.distill.greedy import LSTMStep
 
     model, _ = _lstm()
     assert LSTMStep.unsupported([model]) is None, LSTMStep.unsupported([model])
@@ -211,7 +211,7 @@ def test_lean_greedy_without_lstm_step_decodes_through_fairseq(word_order_bin, v
     import logging
 
     from fairseq.sequence_generator import SequenceGenerator
-    from fairseq_bso.greedy import GreedyGenerator
+    from fairseq_bso.distill.greedy import GreedyGenerator
 
     task, model, _, sample = harness.task_and_valid_batch(varied_checkpoint, word_order_bin)
     model.double().eval()
@@ -219,7 +219,7 @@ def test_lean_greedy_without_lstm_step_decodes_through_fairseq(word_order_bin, v
     with torch.no_grad():
         for p in other.parameters():
             p.mul_(0.9)
-    with caplog.at_level(logging.INFO, logger="fairseq_bso.greedy"), torch.no_grad():
+    with caplog.at_level(logging.INFO, logger="fairseq_bso.distill.greedy"), torch.no_grad():
         reference = SequenceGenerator([model, other], task.target_dictionary, beam_size=1).generate([model], sample)
         lean = GreedyGenerator([model, other], task.target_dictionary, beam_size=1).generate([model], sample)
         assert "forward_decoder (an ensemble of 2 models)" in caplog.text, caplog.text

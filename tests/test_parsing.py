@@ -11,8 +11,8 @@ from fairseq.data import Dictionary
 
 import harness
 from fairseq_bso.constraints import ArcStandardConstraint
-from fairseq_bso import parsing
-from fairseq_bso.parsing import Tree, actions_to_tree, is_reduce, oracle, projectivize, read_conll
+from fairseq_bso.constraints import parsing
+from fairseq_bso.constraints.parsing import Tree, actions_to_tree, is_reduce, oracle, projectivize, read_conll
 
 CONLLU = """# sent_id = 1
 # text = The cat sat on the mat.

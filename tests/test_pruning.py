@@ -12,7 +12,7 @@ import pytest
 import torch
 
 import harness
-from fairseq_bso.pruning import (Pruner, PruningConfig, compute_masks, cubic_ratio, prunable, weight_class,
+from fairseq_bso.prune.masks import (Pruner, PruningConfig, compute_masks, cubic_ratio, prunable, weight_class,
                                  weight_kind)
 
 
@@ -199,7 +199,7 @@ def test_bad_options_fail_before_training(word_order_bin, tmp_path, extra, messa
 
 
 def test_tied_weights_count_once_in_a_loaded_state_dict(tmp_path):
-    from fairseq_bso.prune_tool import stats
+    from fairseq_bso.prune.cli import stats
     shared = torch.randn(6, 4)
     state = {"model": OrderedDict([("decoder.embed_tokens.weight", shared), ("decoder.fc_out.weight", shared),
                                    ("decoder.fc_out.bias", torch.zeros(6))])}
@@ -211,7 +211,7 @@ def test_tied_weights_count_once_in_a_loaded_state_dict(tmp_path):
 
 def sparsity(ckpt):
     """(exact zeros, total) over the weight matrices the default --prune-classes select, in a checkpoint."""
-    from fairseq_bso.pruning import KINDS
+    from fairseq_bso.prune.masks import KINDS
     weights = prunable(torch.load(ckpt, map_location="cpu")["model"].items(), KINDS)
     return sum(int((w == 0).sum()) for w in weights.values()), sum(w.numel() for w in weights.values())
 

@@ -185,7 +185,7 @@ def test_sigkill_then_same_command_continues_as_if_never_killed(name, reference,
     assert_same_weights(save, ref_save)  # bit-identical weights at the end
 
     if name == "bso":  # the epoch's K, in the epoch the run resumed in and after
-        from fairseq_bso.criterions.bso import curriculum_beam_size
+        from fairseq_bso.bso.criterion import curriculum_beam_size
         beams = {e: float(s["train_bso_beam"]) for e, s in epochs(resumed).items()}
         assert min(beams) == epoch and beams == {e: float(curriculum_beam_size(e, 2, 1, 4)) for e in beams}
         assert {e: float(s["train_bso_beam"]) for e, s in epochs(ref_log).items()} == {1: 2, 2: 3, 3: 4}
@@ -220,7 +220,7 @@ def test_a_resumed_epoch_has_the_batches_of_the_uninterrupted_run(word_order_bin
     is created in: epoch 1 in an uninterrupted run, the resume epoch after a restart.  The plugin's task builds
     those of epoch 1 whatever the epoch; stock translation shows the difference it corrects."""
     from fairseq.tasks.translation import TranslationTask
-    from fairseq_bso.tasks.constrained_beam_training import ConstrainedBeamTrainingConfig, ConstrainedBeamTrainingTask
+    from fairseq_bso.constraints.task import ConstrainedBeamTrainingConfig, ConstrainedBeamTrainingTask
 
     def batches(task_class, epoch):
         cfg = ConstrainedBeamTrainingConfig(data=word_order_bin, source_lang="src", target_lang="tgt",
@@ -290,7 +290,9 @@ def in_process(word_order_bin, nll_checkpoint):
 @pytest.mark.parametrize("criterion", ["bso", "word_kd"])
 def test_nonfinite_loss_is_skipped_with_zero_gradient_and_counted(in_process, criterion, monkeypatch):
     from fairseq.logging import metrics
-    from fairseq_bso.criterions import bso, nonfinite, word_kd
+    from fairseq_bso.bso import criterion as bso
+    from fairseq_bso.distill import word_kd
+    from fairseq_bso.fairseq_fixes import nonfinite
 
     task, model, sample, teacher = in_process
     if criterion == "bso":
@@ -352,7 +354,7 @@ def test_file_that_is_not_a_checkpoint_is_named_in_generate(word_order_bin, tmp_
                 "--beam", "2"], check=False)
     assert proc.returncode != 0
     assert proc.stdout.strip().splitlines()[-1] == (
-        f"fairseq_bso.checkpoint_files.UnreadableCheckpoint: cannot read checkpoint {bad} (68 bytes): the file is "
+        f"fairseq_bso.fairseq_fixes.checkpoint_files.UnreadableCheckpoint: cannot read checkpoint {bad} (68 bytes): the file is "
         f"truncated or not a fairseq checkpoint (UnpicklingError above)")
 
 
@@ -364,7 +366,7 @@ def test_truncated_checkpoint_last_stops_the_resume_with_its_name(word_order_bin
     proc = run(train_cmd(word_order_bin, str(save)), check=False)
     assert proc.returncode != 0 and "num_updates" not in proc.stdout
     assert proc.stdout.strip().splitlines()[-1] == (
-        f"fairseq_bso.checkpoint_files.UnreadableCheckpoint: cannot read checkpoint {save}/checkpoint_last.pt "
+        f"fairseq_bso.fairseq_fixes.checkpoint_files.UnreadableCheckpoint: cannot read checkpoint {save}/checkpoint_last.pt "
         f"(5,000 bytes): the file is truncated or not a fairseq checkpoint (OSError above)")
 
 
@@ -420,7 +422,7 @@ def test_teacher_whose_data_directory_is_gone_uses_the_students_dictionaries(wor
     torch.save(state, teacher)
     out = run(train_cmd(word_order_bin, str(tmp_path / "student"), "--criterion", "word_kd", "--kd-teacher-path",
                         teacher)).stdout
-    assert (f"WARNING | fairseq_bso.criterions.word_kd | --kd-teacher-path {teacher}: cannot read the teacher's "
+    assert (f"WARNING | fairseq_bso.distill.word_kd | --kd-teacher-path {teacher}: cannot read the teacher's "
             f"dictionaries from the data directory it was trained on ([Errno 2] No such file or directory: "
             f"'data/moved/bin'); using the student's ({word_order_bin}), which it must share") in out
     assert re.search(r"\| train \| epoch 001 \|.*\| kd_loss [\d.]+ \|", out)

@@ -143,13 +143,13 @@ def test_every_sentence_with_the_default_batch_size_multiple(uneven_bin, nll_che
 def test_merge_counts_the_sentences_of_the_manifest(tmp_path, caplog):
     """The merge compares the ids with the subset's sentence count: missing *highest* ids are noticed too, each
     with its cause (too long for the model, never batched, or batched but not logged)."""
-    from fairseq_bso.kd_corpus import CorpusStore
+    from fairseq_bso.distill.corpus import CorpusStore
 
     store = CorpusStore(str(tmp_path), "train", "src", "tgt", 0, 1)
     store.check_settings({"num_sentences": 12, "too_long_ids": [10], "not_batched_ids": [11]})
     store.open_shard()
     store.append_batch([{"id": i, "src": f"s{i}", "hyp": f"h{i}", "score": 0.0, "rank": 0} for i in range(9)])
-    with caplog.at_level("WARNING", logger="fairseq_bso.kd_corpus"):
+    with caplog.at_level("WARNING", logger="fairseq_bso.distill.corpus"):
         assert store.finish_shard(list(range(9)))
     assert read(tmp_path / "train.tgt") == [f"h{i}" for i in range(9)]
     text = caplog.text

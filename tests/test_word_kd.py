@@ -49,7 +49,7 @@ def formula(student, teacher_path, sample, alpha, topk, eps, pad):
 
 @pytest.mark.parametrize("alpha,topk,eps", [(0.5, 0, 0.0), (1.0, 3, 0.0), (0.3, 0, 0.1), (0.7, 5, 0.2)])
 def test_loss_equals_formula(setup, alpha, topk, eps):
-    from fairseq_bso.criterions.word_kd import WordKDCriterion
+    from fairseq_bso.distill.word_kd import WordKDCriterion
     task, student, sample, teacher_path = setup
     crit = WordKDCriterion(task, kd_teacher_path=teacher_path, kd_alpha=alpha, kd_topk=topk, kd_label_smoothing=eps)
     loss, sample_size, _ = crit(student, sample)
@@ -60,7 +60,7 @@ def test_loss_equals_formula(setup, alpha, topk, eps):
 
 def test_alpha_zero_equals_cross_entropy(setup):
     from fairseq.criterions.cross_entropy import CrossEntropyCriterion
-    from fairseq_bso.criterions.word_kd import WordKDCriterion
+    from fairseq_bso.distill.word_kd import WordKDCriterion
     task, student, sample, teacher_path = setup
     ours = WordKDCriterion(task, kd_teacher_path=teacher_path, kd_alpha=0.0)(student, sample)
     theirs = CrossEntropyCriterion(task, sentence_avg=False)(student, sample)
@@ -69,7 +69,7 @@ def test_alpha_zero_equals_cross_entropy(setup):
 
 
 def test_teacher_is_outside_the_student(setup):
-    from fairseq_bso.criterions.word_kd import WordKDCriterion
+    from fairseq_bso.distill.word_kd import WordKDCriterion
     task, student, sample, teacher_path = setup
     crit = WordKDCriterion(task, kd_teacher_path=teacher_path, kd_alpha=0.5)
     assert list(crit.parameters()) == [] and crit.state_dict() == {}

@@ -11,7 +11,7 @@ ranked by the step-t logits alone.  At step t:
   ``y_{1:t}`` with the gold decoder state (and the gold constraint state), and the
   search goes on from there.
 * **Δ**: the cost of the violating segment (since the last reset) against the
-  gold segment, see :mod:`fairseq_bso.costs`.
+  gold segment, see :mod:`fairseq_bso.bso.costs`.
 
     L = Σ_t Δ_t · [1 − f(y_t, h_{t−1}) + f(ŷ^(K)_t, ĥ^(K)_{t−1})]   over violation steps t
 

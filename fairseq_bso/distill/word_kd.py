@@ -25,7 +25,7 @@ from fairseq.criterions.label_smoothed_cross_entropy import label_smoothed_nll_l
 from fairseq.dataclass import FairseqDataclass
 from fairseq.logging import metrics
 
-from . import nonfinite
+from ..fairseq_fixes import nonfinite
 
 logger = logging.getLogger(__name__)
 

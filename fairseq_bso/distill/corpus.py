@@ -22,8 +22,8 @@ import logging
 import os
 from typing import Dict, Iterable, List, Optional, Sequence
 
-from .hooks import fault_point
-from .prep import write_atomic
+from ..fault_points import fault_point
+from ..prep import write_atomic
 
 logger = logging.getLogger(__name__)
 

@@ -11,7 +11,7 @@ four vectorized operations on it:
 * ``reorder(state, order)``: rows reordered (``order`` may repeat rows: beam reorder, LaSO reset).
 
 The same objects serve the ``bso`` training search and ``fairseq-generate``
-(:mod:`fairseq_bso.generation`).  ``check(src, tgt)`` validates a gold pair at data
+(:mod:`fairseq_bso.bso.decoding`).  ``check(src, tgt)`` validates a gold pair at data
 loading and returns an error message or None.
 
 Register your own with :func:`register_constraint` from your own ``--user-dir``
@@ -143,7 +143,7 @@ class WordOrderConstraint(Constraint):
 
 @register_constraint("arc_standard")
 class ArcStandardConstraint(Constraint):
-    """Arc-standard transition sequences (see :mod:`fairseq_bso.parsing`): a shift must emit
+    """Arc-standard transition sequences (see :mod:`fairseq_bso.constraints.parsing`): a shift must emit
     the next source word; a reduce (``@L_*``/``@R_*``) needs two items on the stack;
     ``</s>`` only after all n words are shifted and one item is left: 2n − 1 actions.
 

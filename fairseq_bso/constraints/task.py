@@ -1,13 +1,13 @@
 """``--task constrained_beam_training``: fairseq's translation task plus output
 constraints in the BSO training search and in ``fairseq-generate`` (ConBSO),
 and BSO-consistent decoding, and a lean greedy decoder for distilled students
-(``--lean-greedy``, ``fairseq_bso.greedy``).
+(``--lean-greedy``, ``fairseq_bso.distill.greedy``).
 
 With ``--constraint none`` (the default) and without ``--bso-decoding`` it behaves
 exactly like ``--task translation``.
 
 The task also hosts the magnitude-pruning callback (``--prune-*``, see
-``fairseq_bso.pruning``).  fairseq has no callback system; the trainer calls
+``fairseq_bso.prune.masks``).  fairseq has no callback system; the trainer calls
 ``task.optimizer_step`` for every update (after gradient clipping) on every
 worker, so masking the gradients there and re-masking the weights right after
 the step keeps masks exact with any optimizer, criterion (``bso``, ``word_kd``,
@@ -24,11 +24,11 @@ from fairseq.dataclass import ChoiceEnum
 from fairseq.tasks import register_task
 from fairseq.tasks.translation import TranslationConfig, TranslationTask
 
-from ..batching import KeepEveryExample
-from ..constraints import build_constraint
-from ..generation import ConstrainedSequenceGenerator
-from ..greedy import GreedyGenerator, check_generation_options
-from ..pruning import Pruner, PruningConfig, check_options
+from ..fairseq_fixes.batching import KeepEveryExample
+from .base import build_constraint
+from ..bso.decoding import ConstrainedSequenceGenerator
+from ..distill.greedy import GreedyGenerator, check_generation_options
+from ..prune.masks import Pruner, PruningConfig, check_options
 
 logger = logging.getLogger(__name__)
 
@@ -49,7 +49,7 @@ class ConstrainedBeamTrainingConfig(TranslationConfig, PruningConfig):
                           "no length normalization (for models trained with --criterion bso)"})
     lean_greedy: bool = field(
         default=False,
-        metadata={"help": "with --beam 1: decode with fairseq_bso.greedy.GreedyGenerator, the same hypotheses as "
+        metadata={"help": "with --beam 1: decode with fairseq_bso.distill.greedy.GreedyGenerator, the same hypotheses as "
                           "fairseq's generator at beam 1 without its beam bookkeeping (faster at small batches; "
                           "for distilled students decoded greedily)"})
 

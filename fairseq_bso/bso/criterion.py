@@ -1,6 +1,6 @@
 """``--criterion bso``: Beam Search Optimization (Wiseman and Rush, EMNLP 2016).
 
-The training search and the loss live in :mod:`fairseq_bso.training_search`;
+The training search and the loss live in :mod:`fairseq_bso.bso.search`;
 this module is the fairseq glue: options, the beam-size curriculum, metrics.
 
 Loss scale.  The loss is summed over violations and sentences of the batch, and
@@ -33,9 +33,9 @@ from fairseq.criterions import FairseqCriterion, register_criterion
 from fairseq.dataclass import ChoiceEnum, FairseqDataclass
 from fairseq.models import FairseqIncrementalDecoder
 
-from ..costs import COSTS
-from ..training_search import DROPOUT, GOLD_KTH, SCORES, bso_loss, bso_search, decoder_dropout, nll_loss, rescore
-from . import nonfinite
+from .costs import COSTS
+from .search import DROPOUT, GOLD_KTH, SCORES, bso_loss, bso_search, decoder_dropout, nll_loss, rescore
+from ..fairseq_fixes import nonfinite
 
 logger = logging.getLogger(__name__)
 
@@ -78,7 +78,7 @@ class BSOConfig(FairseqDataclass):
         default=False,
         metadata={"help": "learning to stop (after Ma et al. 2019): a hypothesis ending in </s> before the gold "
                           "ends leaves the training beam, and it is a violation when its score comes within the "
-                          "margin of the gold's final score (see training_search)"})
+                          "margin of the gold's final score (see fairseq_bso.bso.search)"})
 
 
 def reset_optimizer_state(optimizer) -> None:
@@ -198,7 +198,7 @@ class BSOCriterion(FairseqCriterion):
                 f"--criterion bso needs an encoder-decoder model with an incremental decoder "
                 f"(fairseq's LSTM or Transformer); {type(model).__name__} has {type(decoder).__name__}")
         if self.dropout == "shared":
-            from ..training_search import SharedDropout
+            from .search import SharedDropout
             SharedDropout(decoder, 1)  # refuses a decoder it does not support, naming the option
         self._checked_model = True
 

@@ -21,7 +21,7 @@ from collections import OrderedDict
 import numpy as np
 import torch
 
-from .pruning import KINDS, format_table, parse_kinds, prunable, sparsity_table
+from .masks import KINDS, format_table, parse_kinds, prunable, sparsity_table
 
 PLUGIN_TASKS = ("constrained_beam_training", "seq_kd")
 PLUGIN_CRITERIONS = ("bso", "word_kd")

@@ -19,12 +19,12 @@ as the token strings of the binarized data (subwords kept), ready for
 
 Every sentence of the subset is generated whatever the batch options: fairseq
 drops the last partial batch when ``--required-batch-size-multiple`` (default 8)
-is > 1, the task keeps it (``fairseq_bso.batching``).  Only sentences longer than
+is > 1, the task keeps it (``fairseq_bso.fairseq_fixes.batching``).  Only sentences longer than
 the model accepts, left out with ``--skip-invalid-size-inputs-valid-test``, are
 missing from the corpus, and the merge names them.
 
 Everything else is the translation task: the task only watches the batches go
-by (``inference_step``) and keeps its own shard log; see ``fairseq_bso.kd_corpus``
+by (``inference_step``) and keeps its own shard log; see ``fairseq_bso.distill.corpus``
 for resume, sharding (``--distributed-world-size N --distributed-rank r``, one
 process per shard) and the atomic merge.
 """
@@ -43,9 +43,9 @@ from fairseq.tasks import register_task
 from fairseq.tasks.translation import TranslationConfig, TranslationTask
 from omegaconf import II
 
-from ..batching import KeepEveryExample
-from ..costs import segment_bleu
-from ..kd_corpus import CorpusStore
+from ..fairseq_fixes.batching import KeepEveryExample
+from ..bso.costs import segment_bleu
+from .corpus import CorpusStore
 
 logger = logging.getLogger(__name__)
 

@@ -19,7 +19,7 @@ import os
 import shutil
 import zipfile
 
-from .hooks import fault_point
+from ..fault_points import fault_point
 
 
 class UnreadableCheckpoint(RuntimeError):

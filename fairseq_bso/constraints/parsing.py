@@ -25,8 +25,8 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional, Sequence, Tuple
 
-from .evaluation import parse_hypotheses
-from .prep import DataError, read_lines, write_atomic
+from ..evaluation import parse_hypotheses
+from ..prep import DataError, read_lines, write_atomic
 
 LEFT, RIGHT = "@L_", "@R_"
 UNK = "<unk>"  # how fairseq prints a word outside the dictionary (S- and H- lines)
