@@ -515,15 +515,22 @@ def params_of(speed, name, ds):
     return (ds.get(name.replace("+lean", "")) or {}).get("params") if ds else None
 
 
+def speed_files(doc):
+    """(decode_speed.json, decode_speed_full.json or None): the batched figures come from decode_speed_full.json
+    only when it measured the same checkpoints as decode_speed.json."""
+    speed, full = doc.load("decode_speed"), doc.load("decode_speed_full")
+    if not speed or not full or (full.get("settings") or {}).get("models") != (speed.get("settings") or {}).get("models"):
+        return speed, None
+    return speed, full
+
+
 def decode_speed_section(doc):
     doc.add("## Decoding speed", "")
-    speed = doc.load("decode_speed")
+    speed, full = speed_files(doc)
     if not speed:
         return absent(doc, "decode_speed")
     ds = doc.load("distillation") or {}
-    full = doc.load("decode_speed_full")
-    # the batched column from decode_speed_full.json only when it measured the same checkpoints
-    same = full and (full.get("settings") or {}).get("models") == (speed.get("settings") or {}).get("models")
+    same = full is not None
     batched_from = full if same else speed
     b1, bb = speed.get("batch1") or {}, batched_from.get("batched") or {}
     models = speed_models(speed)
@@ -627,7 +634,74 @@ def pruning_section(doc):
     doc.plots("pruning.png", "pruning_curves.png")
 
 
-SECTIONS = (demo_section, word_ordering_section, recipe_section, translation_section, bso_speed_section,
+def glance_section(doc):
+    """Each effect the talk claims, its figure there, the same difference measured here (from the files the
+    sections below read), and the section. A claim whose file or rows are missing says "not measured"."""
+    doc.add("## At a glance", "",
+            "Each effect the talk reports, as a difference within one table (so corpora and model sizes cancel as "
+            "far as they can), and the same difference here.", "",
+            "| effect (talk's setting) | talk | here | section |", "|---|---|---|---|")
+
+    def line(effect, talk, here, section):
+        doc.add(f"| {effect} | {talk} | {here if here else 'not measured'} | [{TITLES[section][0]}](#{TITLES[section][1]}) |")
+
+    wo = doc.load("word_ordering") or {}
+    for row, effect, talk in (("bso", "BSO − seq2seq, word ordering, test beam 5 (PTB)", "+3.4"),
+                              ("conbso", "ConBSO − seq2seq, word ordering, test beam 5 (PTB)", "+4.5")):
+        here = versus(wo, row)
+        line(effect, talk, None if here == DASH else f"{here}, kjv (`{row}` row)", "word_ordering_section")
+    tr = doc.load("translation") or {}
+    gaps = [f"`{row}` {versus(tr, row)}" for row in ("bso", "bso_log_softmax_nll") if versus(tr, row) != DASH]
+    line("BSO − seq2seq, translation, test beam 5 (IWSLT14 de-en, SB-Δ)", "+2.33",
+         "; ".join(gaps) + f", l10n-de-en, {(tr.get('settings') or {}).get('extra_epochs', DASH)} extra epochs"
+         if gaps else None, "translation_section")
+    sp = doc.load("bso_speed") or {}
+    k6 = ((sp.get("rows") or {}).get("bso6") or {}).get("time_ratio", sp.get("time_ratio_k6"))
+    line("BSO training time per update at K = 6 / NLL's", "about 2×",
+         f"{k6:.2f}× (translation model; conditions: {sp.get('conditions', DASH)})" if k6 is not None else None,
+         "bso_speed_section")
+    ds = doc.load("distillation") or {}
+
+    def diff(a, key_a, b, key_b):
+        x, y = (ds.get(a) or {}).get(key_a), (ds.get(b) or {}).get(key_b)
+        return None if x is None or y is None else f"{x - y:+.2f}"
+
+    line("Seq-KD student greedy − baseline student greedy (WMT14 en→de)", "+4.2",
+         diff("seq_kd", "bleu_greedy", "student", "bleu_greedy"), "distillation_section")
+    line("Seq-KD student greedy − teacher beam 5", "−0.6", diff("seq_kd", "bleu_greedy", "teacher", "bleu_beam5"),
+         "distillation_section")
+    line("Seq-Inter student beam 5 − Seq-KD student beam 5", "+0.3", diff("seq_inter", "bleu_beam5", "seq_kd", "bleu_beam5"),
+         "distillation_section")
+    masses = [mass(ds[n]) for n in ("seq_kd", "student") if isinstance(ds.get(n), dict)]
+    line("probability of the greedy output, Seq-KD student against baseline student", "16.9% against 0.9%",
+         " against ".join(masses) if len(masses) == 2 and DASH not in masses else None, "distillation_section")
+    pruned = {}
+    for file, res in [("pruning.json", doc.load("pruning"))] + [(f"pruning{t}.json", r) for t, r in doc.tagged("pruning", "_lr")]:
+        for key, row in ((res or {}).get("rows") or {}).items():
+            if pruning_row_fields(key, row)[0] == "class-blind" and row.get("bleu_lost_beam5") is not None:
+                pruned.setdefault(pruning_row_fields(key, row)[1], []).append(f"{row['bleu_lost_beam5']:.2f} (`{file}`)")
+    dense0 = (((doc.load("pruning") or {}).get("rows") or {}).get("class-blind:0") or {})
+    for percent, talk in ((50, "0.0"), (80, "0.2"), (90, "0.8")):
+        here = pruned.get(percent)
+        if not here and dense0:  # issue 28's rows may carry no loss field: against the 0% row
+            row = (((doc.load("pruning") or {}).get("rows") or {}).get(f"class-blind:{percent}") or {})
+            if row.get("bleu_beam5") is not None and dense0.get("bleu_beam5") is not None:
+                here = [f"{dense0['bleu_beam5'] - row['bleu_beam5']:.2f} (`pruning.json`)"]
+        line(f"BLEU lost at beam 5, {percent}% class-blind pruned and retrained (Seq-KD student)", talk,
+             "; ".join(here) if here else None, "pruning_section")
+    speed, full = speed_files(doc)
+    ratios = []
+    for part, label, res in (("batch1", "batch size 1", speed or {}), ("batched", "batched", full or speed or {})):
+        for name, how in (("seq_kd+lean", "`--lean-greedy`"), ("seq_kd", "fairseq's generator")):
+            r = ((res.get(part) or {}).get(name) or {}).get("speedup_vs_teacher")
+            if r is not None:
+                ratios.append(f"{r:.1f}× {label}, {how}")
+    line("greedy Seq-KD student's words/s / teacher beam 5's (GPU)", "about 10×",
+         "; ".join(ratios) + " (one CPU thread)" if ratios else None, "decode_speed_section")
+    doc.add("")
+
+
+SECTIONS = (glance_section, demo_section, word_ordering_section, recipe_section, translation_section, bso_speed_section,
             distillation_section, decode_speed_section, pruning_section)
 
 
@@ -655,7 +729,8 @@ def render(results_dir=RESULTS, output=OUTPUT):
 
 
 # the contents line: (link text, the anchor GitHub gives the section's heading)
-TITLES = {"demo_section": ("the demo over seeds", "the-demo-over-seeds"),
+TITLES = {"glance_section": ("at a glance", "at-a-glance"),
+          "demo_section": ("the demo over seeds", "the-demo-over-seeds"),
           "word_ordering_section": ("word ordering", "word-ordering-on-kjv"),
           "recipe_section": ("BSO recipe ablations", "bso-recipe-ablations-the-demo-corpus"),
           "translation_section": ("translation", "translation-l10n-de-en"),
