@@ -288,9 +288,9 @@ def recipe_rows(doc, res):
     for name, row in unfinished:
         curve = ", ".join(f"{b}" for _, b in row.get("valid_curve", []))
         doc.add(f"- `{name}` ({row.get('lever', DASH)}): {row['status']}"
-                + (f"; valid BLEU per epoch {curve}" if curve else "") + (f". {row['why']}" if row.get("why") else "."))
+                + (f"; valid BLEU per epoch {curve}" if curve else "") + (f"; why: {row['why']}." if row.get("why") else "."))
     for lever, why in (res.get("levers_not_run") or {}).items():
-        doc.add(f"- Lever not run in this file, `{lever}`: {why}.")
+        doc.add(f"- Not run in this file, `{lever}` (the file's note, as of its code revision): {why}.")
     if unfinished or res.get("levers_not_run"):
         doc.add("")
     options = [(n, r["train_options"]) for n, r in res.items()
