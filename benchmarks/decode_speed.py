@@ -67,6 +67,7 @@ def main():
     parser.add_argument("--quiet-machine", action="store_true",
                         help="state in the results file that nothing else ran during the measurement")
     parser.add_argument("--name", default="decode_speed", help="results file name")
+    parser.add_argument("--out", help="write the results to this path instead of benchmarks/results/NAME.json")
     parser.add_argument("--lean-greedy", action="store_true",
                         help="also decode every model, the teacher too, with fairseq_bso.distill.greedy.GreedyGenerator "
                              "(NAME+lean rows: the same hypotheses as the generator at beam 1, without its beam "
@@ -142,6 +143,11 @@ def main():
     results["conditions"] = ("one thread (torch.set_num_threads(1)), paired rounds in one process, median of "
                              "per-round ratios; " + ("quiet machine: nothing else ran" if args.quiet_machine
                                                     else "machine load not asserted"))
+    if args.out:  # e.g. benchmarks/compression.py's work folder
+        import common
+
+        common.RESULTS = os.path.dirname(os.path.abspath(args.out))
+        args.name = os.path.basename(args.out)[:-len(".json")] if args.out.endswith(".json") else args.name
     write_results(args.name, results, started, settings=args)
 
 
