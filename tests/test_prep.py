@@ -123,6 +123,8 @@ def test_translation_pipeline_trains_sentencepiece_on_train_only(tmp_path):
             idx = [rng.randrange(len(words_de)) for _ in range(rng.randint(2, 7))]
             de.append(" ".join(words_de[i] for i in idx))
             en.append(" ".join(words_en[i] for i in idx))
+        if split == "valid":  # letters no training sentence has (f, v, w, z, ö): in no piece of a train-only model
+            de, en = [s + " zwölf" for s in de], [s + " twelve" for s in en]
         (tmp_path / f"{split}.de").write_text("\n".join(de) + "\n")
         (tmp_path / f"{split}.en").write_text("\n".join(en) + "\n")
     out = tmp_path / "out"
@@ -133,6 +135,10 @@ def test_translation_pipeline_trains_sentencepiece_on_train_only(tmp_path):
     assert (out / "bin" / "train.de-en.de.bin").exists()
     import sentencepiece as spm
     sp = spm.SentencePieceProcessor(model_file=str(out / "spm.model"))
+    train_letters = set((tmp_path / "train.de").read_text() + (tmp_path / "train.en").read_text())
+    pieces = [sp.id_to_piece(i) for i in range(sp.get_piece_size()) if not sp.is_unknown(i)]
+    foreign = sorted({c for p in pieces for c in p.replace("\u2581", "")} - train_letters)
+    assert not foreign, f"pieces with letters only the valid split has: {foreign} (the model saw more than train)"
     encoded = (out / "test.spm.en").read_text().splitlines()
     raw = (out / "test.en").read_text().splitlines()
     assert [sp.decode(line.split()) for line in encoded] == raw
