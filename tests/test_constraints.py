@@ -54,22 +54,33 @@ def test_word_order_mask_equals_brute_force_on_all_prefixes():
                 assert got == brute_force_allowed(src_words, prefix, len(d), d.eos()), (src_words, prefix)
 
 
-def test_apply_in_place_equals_adding_the_mask():
-    """word_order's in-place apply_ (used in the search and in generation) against scores + mask(state)."""
+def test_apply_in_place_keeps_the_allowed_scores_and_forbids_the_rest():
+    """word_order's in-place apply_ (used in the search and in generation) on random scores: every row keeps
+    its score on the tokens the brute force allows after its own prefix, and is −inf everywhere else (the
+    mask test above sees apply_ on zeros only, where a zeroed or shifted score would go unnoticed)."""
     d = make_dict()
     c = WordOrderConstraint(d, d)
     rng = random.Random(0)
     words = [d.index(s) for s in "abcde"]
+    rows = 3
     for _ in range(50):
         src_words = [rng.choice(words) for _ in range(rng.randint(1, 5))]
         src = torch.tensor([[d.pad()] * (5 - len(src_words)) + src_words + [d.eos()]])  # left-padded
-        state = c.initial_state(src, 3)
-        for _ in range(rng.randint(0, len(src_words))):
-            state = c.step(state, torch.tensor([rng.choice(src_words) for _ in range(3)]))
-        scores = torch.randn(3, len(d), dtype=torch.float64)
-        want = scores + c.mask(state)
+        state = c.initial_state(src, rows)
+        prefixes = [[] for _ in range(rows)]
+        for _ in range(rng.randint(0, len(src_words))):  # each row emits one of its own unused words
+            tokens = []
+            for prefix in prefixes:
+                left = Counter(src_words) - Counter(prefix)
+                tokens.append(rng.choice(sorted(left.elements())))
+                prefix.append(tokens[-1])
+            state = c.step(state, torch.tensor(tokens))
+        scores = torch.randn(rows, len(d), dtype=torch.float64)
         got = c.apply_(scores.clone(), state)
-        assert torch.equal(got, want), (src_words, got, want)
+        for r, prefix in enumerate(prefixes):
+            allowed = brute_force_allowed(src_words, prefix, len(d), d.eos())
+            want = [scores[r, w].item() if w in allowed else float("-inf") for w in range(len(d))]
+            assert got[r].tolist() == want, (src_words, prefix, got[r].tolist(), want)
 
 
 def test_check_reports_non_permutations():
