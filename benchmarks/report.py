@@ -131,9 +131,28 @@ def versus(results, name):
 
 
 def ended(row):
-    """best epoch / epochs, marked (cap) when the epoch cap, not patience, ended the run."""
+    """best epoch / epochs, marked (cap) when the epoch cap, not patience, ended the run, and (unfinished) when
+    the file says the run has not finished."""
     cap = " (cap)" if row.get("stopped") == "epoch cap" else ""
-    return f"{row.get('best_epoch', DASH)} / {row.get('epochs', DASH)}{cap}"
+    unfinished = " (unfinished)" if row.get("finished") is False else ""
+    return f"{row.get('best_epoch', DASH)} / {row.get('epochs', DASH)}{cap}{unfinished}"
+
+
+def describe(value):
+    """A descriptive field of a results file as text: a string, or a dict / list of scalars and strings."""
+    if isinstance(value, dict):
+        return "; ".join(f"{k} {describe(v)}" for k, v in value.items())
+    if isinstance(value, list):
+        return ", ".join(describe(v) for v in value)
+    if isinstance(value, float):
+        return f"{value:g}"
+    return str(value)
+
+
+# descriptive fields shown under a table when a results file has them (issue 28's compression files)
+# (``training`` and ``retraining`` describe the protocol in the section's first paragraph instead)
+DESCRIPTIVE = ("state", "losses_against", "class_blind_vs_uniform", "corpora", "generation_throughput",
+               "stage_wall_seconds")
 
 
 def millions(n):
@@ -171,9 +190,12 @@ def provenance(doc, name, results, skip_settings=()):
     notes = results.get("notes")
     for note in [notes] if isinstance(notes, str) else notes or []:
         lines.append(f"- Note (from the file): {note}")
-    for key in ("runs_command", "runs_wall", "speed"):
-        if results.get(key):
-            lines.append(f"- {key.replace('_', ' ')}: {results[key]}")
+    for key in ("runs_command", "runs_wall", "speed") + DESCRIPTIVE:
+        if results.get(key) not in (None, "", {}, []):
+            lines.append(f"- {key.replace('_', ' ')}: {describe(results[key])}")
+    models = results.get("models")
+    if isinstance(models, dict) and models and all(isinstance(v, str) for v in models.values()):
+        lines += [f"- Model `{name}`: `{options}`" for name, options in models.items()]
     if results.get("missing"):
         lines.append(f"- Rows planned but not in the file: {', '.join(str(m) for m in results['missing'])}.")
     doc.add(*lines, "")
@@ -451,6 +473,19 @@ def bso_speed_section(doc):
         absent(doc, "bso_speed", "bso_speed_demo")
 
 
+def targets_table(doc, targets):
+    """A file's list of targets (issue 28: ``{"target", "measured", "pass"}``) as a table."""
+    if not isinstance(targets, list) or not targets:
+        return
+    doc.add("| target | measured | met |", "|---|---|---|")
+    for t in targets:
+        met = {True: "yes", False: "no"}.get(t.get("pass"), DASH)
+        measured = t.get("measured")
+        doc.add(f"| {t.get('target', DASH)} | {num(measured) if isinstance(measured, (int, float)) else measured or DASH} "
+                f"| {met} |")
+    doc.add("")
+
+
 def distill_rows(ds):
     order = ("teacher", "student", "word_kd", "seq_kd", "seq_inter")
     names = [n for n in order if isinstance(ds.get(n), dict)]
@@ -470,8 +505,10 @@ def distillation_section(doc):
     ds = doc.load("distillation")
     if not ds:
         return absent(doc, "distillation")
-    doc.add("Each model trained until valid BLEU (teacher beam 5, students greedy) stopped improving, or to its epoch "
-            "cap (marked \"(cap)\"); test BLEU greedy / beam 5. \"Mass on greedy\": the model's probability of its own "
+    how = (f"Training: {ds['training']}" if isinstance(ds.get("training"), str) else
+           "Each model trained until valid BLEU (teacher beam 5, students greedy) stopped improving, or to its epoch "
+           "cap (marked \"(cap)\")")
+    doc.add(how.rstrip(".") + ". Test BLEU greedy / beam 5. \"Mass on greedy\": the model's probability of its own "
             "greedy output, averaged over the test sentences (p(w*)). Talk: WMT14 en→de, teacher 4×1000, "
             "students 2×500.", "")
     doc.add("| model | test greedy / beam 5 | talk | best epoch / epochs | params | mass on greedy | talk |",
@@ -483,8 +520,10 @@ def distillation_section(doc):
                 f"{TALK['distillation_mass'].get(name, DASH)} |")
     doc.add("")
     facts = []
-    for key, value in (ds.get("targets") or {}).items():
-        facts.append(f"{key.replace('_', ' ')}: {value:+.2f}")
+    targets = ds.get("targets")
+    if isinstance(targets, dict):
+        facts += [f"{key.replace('_', ' ')}: {num(value)}" for key, value in targets.items()]
+    targets_table(doc, targets)
     if ds.get("generation_throughput_ratio") is not None:
         facts.append(f"`seq_kd` corpus generation throughput / plain `fairseq-generate`'s: "
                      f"{ds['generation_throughput_ratio']:.2f}")
@@ -492,7 +531,7 @@ def distillation_section(doc):
         facts.append(f"whole chain wall time: {ds['suite_wall_seconds'] / 60:.0f} min")
     if facts:
         doc.add("- " + "; ".join(facts) + ".", "")
-    provenance(doc, "distillation", ds, skip_settings=("only_student", "report", "throughput"))
+    provenance(doc, "distillation", ds, skip_settings=("only_student", "report", "throughput", "dir", "quiet_file"))
     doc.plots("distillation.png")
 
 
@@ -556,7 +595,7 @@ def decode_speed_section(doc):
     if same:
         provenance(doc, "decode_speed_full", full, skip_settings=("models", "name"))
 
-    if ds.get(teacher) and tbeam == 5:
+    if ds.get(teacher) and ds[teacher].get("bleu_beam5") is not None and tbeam == 5:
         rows = []
         for m in [n for n in distill_rows(ds) if n != teacher] + [teacher]:
             lean = f"{m}+lean"
@@ -591,10 +630,12 @@ def pruning_section(doc):
         return absent(doc, "pruning")
     before = pr.get("seq_kd_student_before_retraining") or {}
     lr = (pr.get("settings") or {}).get("retrain_lr")
-    doc.add("The converged Seq-KD student pruned by magnitude (class-blind: one threshold over all weights; "
+    retraining = (pr["retraining"] if isinstance(pr.get("retraining"), str) else
+                  "until valid BLEU (greedy) stopped improving or an epoch cap (marked \"(cap)\")")
+    doc.add("The Seq-KD student pruned by magnitude (class-blind: one threshold over all weights; "
             "class-uniform: the same share of every weight class; class-distribution: each class at λ times its "
-            "weights' standard deviation), then retrained with the masks kept until valid BLEU (greedy) stopped "
-            "improving or an epoch cap (marked \"(cap)\"); test BLEU greedy / beam 5; \"lost\" is against the 0% row "
+            f"weights' standard deviation), then retrained with the masks kept, {retraining.rstrip('.')}; test BLEU "
+            "greedy / beam 5; \"lost\" is against the 0% row "
             "(the same retraining without pruning); \"dense\" rows are dense students trained with as many weights as "
             "the pruned row's non-zeros. Talk (class-blind, beam 5, WMT14 en→de): "
             + ", ".join(f"{k}% {v}" for k, v in TALK["pruning"].items()) + ".", "")
@@ -611,24 +652,26 @@ def pruning_section(doc):
     for file, key, r, retrain in rows:
         scheme, percent = pruning_row_fields(key, r)
         lost_g, lost_b = r.get("bleu_lost_greedy"), r.get("bleu_lost_beam5")
-        if lost_g is None and dense0 and r is not dense0 and r.get("bleu_greedy") is not None:
+        if lost_g is None and r is not dense0 and None not in (r.get("bleu_greedy"), dense0.get("bleu_greedy")):
             lost_g = dense0["bleu_greedy"] - r["bleu_greedy"]
-        if lost_b is None and dense0 and r is not dense0 and r.get("bleu_beam5") is not None:
+        if lost_b is None and r is not dense0 and None not in (r.get("bleu_beam5"), dense0.get("bleu_beam5")):
             lost_b = dense0["bleu_beam5"] - r["bleu_beam5"]
-        if r is dense0:
+        if r is dense0 and r.get("bleu_greedy") is not None:
             lost_g = lost_b = 0.0
         talk = TALK["pruning"].get(percent, DASH) if scheme == "class-blind" else DASH
         nz = r.get("nonzero_params")
         sparse = r.get("sparse_export_bytes")
         if scheme == "dense":  # a dense student as large as the pruned row's non-zeros, not a retraining
-            pruned, retrain = (f"none (the non-zeros of {percent}%)" if percent is not None else "none"), DASH
+            width = f", width {r['width']}" if r.get("width") is not None else ""
+            pruned, retrain = (f"none (the non-zeros of {percent}%{width})" if percent is not None else "none"), DASH
         else:
             pruned = DASH if percent is None else f"{percent}%"
         doc.add(f"| `{file}` | {scheme} | {pruned} | {retrain} | "
                 f"{num(r.get('bleu_greedy'))} / {num(r.get('bleu_beam5'))} | {num(lost_g)} / {num(lost_b)} | {ended(r)} | "
                 f"{DASH if nz is None else f'{nz:,}'} | {DASH if sparse is None else f'{sparse / 2**20:.1f} MiB'} | {talk} |")
     doc.add("")
-    provenance(doc, "pruning", pr, skip_settings=("only", "report", "overhead", "rows"))
+    targets_table(doc, pr.get("targets"))
+    provenance(doc, "pruning", pr, skip_settings=("only", "report", "overhead", "rows", "dir", "quiet_file"))
     for tag, lever in doc.tagged("pruning", "_lr"):
         provenance(doc, f"pruning{tag}", lever, skip_settings=("only", "report", "overhead", "rows"))
     doc.plots("pruning.png", "pruning_curves.png")

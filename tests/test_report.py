@@ -138,3 +138,29 @@ def test_results_index_names_every_results_file():
                    for name in os.listdir(folder) if name.endswith(".json"))
     unlisted = [name for name in files if name not in index]
     assert files and not unlisted, f"benchmarks/results/README.md does not name: {unlisted}"
+
+
+def test_partial_compression_files_render(tmp_path):
+    """A compression run in progress writes its files with null figures, unfinished rows and a list of targets."""
+    empty = {"epochs": 0, "valid_bleu_curve": [], "finished": False, "bleu_greedy": None, "bleu_beam5": None,
+             "p_wstar_percent": None}
+    write(tmp_path, "distillation", {
+        "teacher": dict(empty), "seq_kd": dict(empty), "generation_throughput_ratio": None,
+        "targets": [{"target": "Seq-KD greedy >= student greedy + 2", "measured": 3.0, "pass": True},
+                    {"target": "Seq-Inter beam 5 >= Seq-KD beam 5", "measured": None, "pass": None}],
+        "state": "partial: not yet measured: ['seq_kd']", "training": "a fixed epoch budget."})
+    write(tmp_path, "pruning", {"rows": {"class-blind:0": {**empty, "scheme": "class-blind", "ratio_percent": 0},
+                                         "dense:80": {**empty, "width": None}}})
+    text = report.render(str(tmp_path), str(tmp_path / "results.md"))
+    expected = [
+        "| seq_kd | – / – | 18.9 / 19.0 | – / 0 (unfinished) | – | – | 16.9% |",
+        "| Seq-KD greedy >= student greedy + 2 | 3.00 | yes |",
+        "| Seq-Inter beam 5 >= Seq-KD beam 5 | – | – |",
+        "- state: partial: not yet measured: ['seq_kd']",
+        "| `pruning.json` | class-blind | 0% | – | – / – | – / – | – / 0 (unfinished) | – | – | 19.3 (84M) |",
+        "| `pruning.json` | dense | none (the non-zeros of 80%) | – | – / – | – / – | – / 0 (unfinished) | – | – | – |",
+    ]
+    lines = set(text.splitlines())
+    missing = [line for line in expected if line not in lines]
+    assert not missing, "missing lines:\n" + "\n".join(missing) + "\n--- got:\n" + text
+    assert "Training: a fixed epoch budget. Test BLEU greedy / beam 5." in text, text
