@@ -522,7 +522,8 @@ def distillation_section(doc):
     facts = []
     targets = ds.get("targets")
     if isinstance(targets, dict):
-        facts += [f"{key.replace('_', ' ')}: {num(value)}" for key, value in targets.items()]
+        facts += [f"{key.replace('_', ' ')}: {value:+.2f}" if isinstance(value, (int, float)) else
+                  f"{key.replace('_', ' ')}: {describe(value)}" for key, value in targets.items()]
     targets_table(doc, targets)
     if ds.get("generation_throughput_ratio") is not None:
         facts.append(f"`seq_kd` corpus generation throughput / plain `fairseq-generate`'s: "
