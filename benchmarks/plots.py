@@ -167,7 +167,8 @@ def main():
         blind = sorted(((p, r) for s, p, r in rows if s == "class-blind" and p is not None), key=lambda x: x[0])
         fig, ax = plt.subplots(figsize=(5, 3.5))
         for key, label in (("bleu_greedy", "greedy"), ("bleu_beam5", "beam 5")):
-            ax.plot([p for p, _ in blind], [r[key] for _, r in blind], marker="o", label=label)
+            measured = [(p, r[key]) for p, r in blind if r.get(key) is not None]  # a run in progress has nulls
+            ax.plot([p for p, _ in measured], [b for _, b in measured], marker="o", label=label)
         for scheme, percent, r in rows:
             if scheme != "class-blind" and percent is not None and r.get("bleu_greedy") is not None:
                 label = f"dense, as many weights as {percent}% pruned, greedy" if scheme == "dense" else f"{scheme} greedy"
