@@ -50,6 +50,7 @@ import math
 import os
 import re
 import shutil
+import signal
 import statistics
 import subprocess
 import sys
@@ -67,6 +68,23 @@ from deen import corpus_bleu, demo, generation_speed, parse_hypotheses, user_dir
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 SEED = 1
+
+
+def run(cmd, logfile, echo=lambda line: False):
+    """``demo.run`` with the log written line by line (a running stage's log shows its progress)."""
+    demo.log("+ " + " ".join(cmd))
+    with open(logfile, "w", buffering=1) as out:
+        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        lines = []
+        for line in proc.stdout:
+            out.write(line)
+            lines.append(line)
+            if echo(line):
+                print("    " + line.rstrip().split(" | INFO | ")[-1][:200], flush=True)
+        if proc.wait() != 0:
+            sys.stdout.write("".join(lines[-40:]))
+            raise SystemExit(f"command failed ({proc.returncode}); full log: {logfile}")
+    return "".join(lines)
 
 
 def arch(dim, layers, dropout):
@@ -90,14 +108,14 @@ def parse_args(argv=None):
     p.add_argument("--jobs", type=int, default=2, help="single-thread jobs at once (and decode shards)")
     p.add_argument("--teacher-dim", type=int, default=128)
     p.add_argument("--teacher-layers", type=int, default=2)
-    p.add_argument("--student-dim", type=int, default=64)
-    p.add_argument("--teacher-epochs", type=int, default=7)
-    p.add_argument("--student-epochs", type=int, default=6)
-    p.add_argument("--retrain-epochs", type=int, default=2)
+    p.add_argument("--student-dim", type=int, default=80)
+    p.add_argument("--teacher-epochs", type=int, default=10)
+    p.add_argument("--student-epochs", type=int, default=12)
+    p.add_argument("--retrain-epochs", type=int, default=3)
     p.add_argument("--lr", type=float, default=0.003, help="peak learning rate of teacher and students")
     p.add_argument("--retrain-lr", type=float, default=0.001, help="peak learning rate of the pruning retraining")
     p.add_argument("--warmup", type=int, default=100, help="warm-up updates (linear from 0)")
-    p.add_argument("--teacher-max-tokens", type=int, default=3000)
+    p.add_argument("--teacher-max-tokens", type=int, default=2000)
     p.add_argument("--student-max-tokens", type=int, default=2000)
     p.add_argument("--kd-alpha", type=float, default=0.5, help="Word-KD's weight of the distillation term")
     p.add_argument("--inter-beam", type=int, default=5,
@@ -148,7 +166,7 @@ def data(args):
 
 
 def preprocess(trainpref, text, dict_bin, dest, log):
-    demo.run(["fairseq-preprocess", "--source-lang", "de", "--target-lang", "en", "--trainpref", trainpref,
+    run(["fairseq-preprocess", "--source-lang", "de", "--target-lang", "en", "--trainpref", trainpref,
               "--validpref", f"{text}/valid.spm", "--testpref", f"{text}/test.spm", "--srcdict",
               f"{dict_bin}/dict.de.txt", "--tgtdict", f"{dict_bin}/dict.en.txt", "--destdir", dest, "--workers", "1"],
              log)
@@ -222,7 +240,7 @@ def train(ctx, name, bin_dir, model, crit, epochs, lr, max_tokens, extra=()):
            "--eval-bleu-args", json.dumps({"beam": 1, "max_len_a": 1.5, "max_len_b": 10}),
            "--best-checkpoint-metric", "bleu", "--maximize-best-checkpoint-metric",
            "--log-format", "json", "--log-interval", "50", "--no-progress-bar"]
-    demo.run(cmd, save + f".{int(time.time())}.log", demo.train_progress)
+    run(cmd, save + f".{int(time.time())}.log", demo.train_progress)
     with open(os.path.join(save, "settings.json"), "w") as f:
         json.dump({"epochs": epochs, "lr": lr, "total_updates": total, "max_tokens": max_tokens, "command": cmd},
                   f, indent=1)
@@ -260,7 +278,7 @@ def decode_shard(ctx, shard):
            "--kd-write-scores", "--gen-subset", "train", "--beam", str(a.inter_beam), "--nbest", str(a.inter_beam),
            "--max-tokens", "6000", "--max-len-a", "1.5", "--max-len-b", "10",
            "--distributed-world-size", str(a.jobs), "--distributed-rank", str(shard)]
-    demo.run(cmd, ctx.path(f"decode.shard{shard}.{int(time.time())}.log"), lambda line: "seq_kd:" in line)
+    run(cmd, ctx.path(f"decode.shard{shard}.{int(time.time())}.log"), lambda line: "seq_kd:" in line)
 
 
 def nbest_from_logs(paths):
@@ -339,7 +357,7 @@ def evaluate(ctx, name, ckpt):
     row = {}
     for beam in (1, 5):
         log = ctx.path("eval", f"{name}.beam{beam}.log")
-        out = demo.run(["fairseq-generate", ctx.bin, "--user-dir", user_dir(), "--path", ckpt, *deen.COMMON,
+        out = run(["fairseq-generate", ctx.bin, "--user-dir", user_dir(), "--path", ckpt, *deen.COMMON,
                         *deen.NO_LIMITS, "--gen-subset", "test", "--beam", str(beam), "--nbest", "1",
                         "--max-tokens", "6000", "--max-len-a", "1.5", "--max-len-b", "10",
                         "--post-process", "sentencepiece"], log)
@@ -409,7 +427,8 @@ def stages(ctx):
 # ------------------------------------------------------------------------------------------------ scheduler
 def run_chain(ctx, on_progress):
     """Runs the stages, at most ``--jobs`` at once, each as soon as its dependencies are done; a finished stage
-    writes DIR/stages/NAME.done and is skipped next time.  A failed stage stops new starts; raises at the end."""
+    writes DIR/stages/NAME.done and is skipped next time.  A failed stage blocks the stages that depend on it,
+    the others go on; raises at the end, naming them."""
     todo = stages(ctx)
     marker = lambda n: ctx.path("stages", n + ".done")  # noqa: E731
     done = {n for n, _, _ in todo if os.path.exists(marker(n))}
@@ -433,21 +452,33 @@ def run_chain(ctx, on_progress):
 
     with lock:
         while True:
-            if not failed:
+            if True:  # a failed stage blocks its dependents only (found failed in their dependencies below)
                 for name, deps, fn in todo:
                     if len(running) >= ctx.args.jobs:
                         break
-                    if name in done or name in running or not all(d in done for d in deps):
+                    if name in done or name in running or name in failed or not all(d in done for d in deps):
                         continue
                     demo.log(f"stage {name}: start")
                     running[name] = threading.Thread(target=work, args=(name, fn), daemon=True)
                     running[name].start()
             if not running:
                 break
-            lock.wait(timeout=60)
+            lock.wait(timeout=30)
             lock.release()
             try:
                 on_progress()
+                if speed_ready(ctx, done):
+                    # the quiet window came while jobs still run: pause them (SIGSTOP), measure, resume
+                    pids = child_pids()
+                    demo.log(f"speed: pausing the running jobs {pids} ({sorted(running)})")
+                    for pid in pids:
+                        os.kill(pid, signal.SIGSTOP)
+                    try:
+                        speed(ctx, paused=sorted(running))
+                    finally:
+                        for pid in pids:
+                            os.kill(pid, signal.SIGCONT)
+                        demo.log("speed: jobs resumed")
             finally:
                 lock.acquire()
     if failed:
@@ -458,6 +489,28 @@ def run_chain(ctx, on_progress):
 
 
 # ---------------------------------------------------------------------------------------------------- speed
+def child_pids():
+    """This process's child processes (the fairseq commands the stages run)."""
+    out = subprocess.run(["pgrep", "-P", str(os.getpid())], stdout=subprocess.PIPE, text=True).stdout
+    return [int(x) for x in out.split()]
+
+
+def past_deadline(args):
+    if args.quiet_deadline == "now":
+        return True
+    hh, mm = (int(x) for x in args.quiet_deadline.split(":"))
+    now = time.gmtime()
+    return now.tm_hour * 60 + now.tm_min >= hh * 60 + mm
+
+
+def speed_ready(ctx, done):
+    """The speed stage can run now: its models are trained and the machine is quiet (or the deadline passed)."""
+    a = ctx.args
+    return (not a.no_speed and not a.smoke and not os.path.exists(ctx.path("stages", "speed.done"))
+            and all(m in done for m in ("teacher", "student", "seq_kd"))
+            and (os.path.exists(a.quiet_file) or past_deadline(a)))
+
+
 def wait_quiet(args):
     """Wait for the quiet file until the deadline (UTC HH:MM today); returns (quiet, note)."""
     if args.quiet_deadline == "now":
@@ -480,12 +533,12 @@ def throughput(ctx, repeats):
             "--max-len-b", "10"]
     plain, kd = [], []
     for r in range(repeats):
-        out = demo.run(base, ctx.path("speed", f"throughput.plain{r}.log"))
+        out = run(base, ctx.path("speed", f"throughput.plain{r}.log"))
         s = generation_speed(out)
         plain.append(s["sentences"] / s["seconds"])
         kd_dir = ctx.path("speed", f"throughput.kd{r}")
         shutil.rmtree(kd_dir, ignore_errors=True)
-        out = demo.run([*base, "--task", "seq_kd", "--kd-output-dir", kd_dir], kd_dir + ".log")
+        out = run([*base, "--task", "seq_kd", "--kd-output-dir", kd_dir], kd_dir + ".log")
         s = generation_speed(out)
         kd.append(s["sentences"] / s["seconds"])
     ratios = [k / p for k, p in zip(kd, plain)]
@@ -496,7 +549,7 @@ def throughput(ctx, repeats):
                     "valid set, same batches, alternating runs, median of per-pair ratios of sentences/s"}
 
 
-def speed(ctx):
+def speed(ctx, paused=()):
     a = ctx.args
     marker = ctx.path("stages", "speed.done")
     if os.path.exists(marker):
@@ -510,11 +563,13 @@ def speed(ctx):
         json.dump({**tp, "quiet": quiet, "conditions": note}, f, indent=1)
     cmd = [sys.executable, os.path.join(HERE, "decode_speed.py"), f"teacher={ctx.ckpt('teacher')}",
            f"student={ctx.ckpt('student')}", f"seq_kd={ctx.ckpt('seq_kd')}", "--lean-greedy",
-           "--rounds", "1" if a.smoke else "3", "--sentences", "10" if a.smoke else "200",
+           "--rounds", "1" if a.smoke else "3", "--sentences", "10" if a.smoke else "150",
            "--batched-sentences", "60" if a.smoke else "1255", "--out", ctx.path("speed", "decode_speed.json")]
     if quiet:
         cmd.append("--quiet-machine")
-    demo.run(cmd, ctx.path("speed", "decode_speed.log"), lambda line: "round" in line)
+    run(cmd, ctx.path("speed", "decode_speed.log"), lambda line: "round" in line)
+    if paused:
+        note += f"; this chain's running jobs {list(paused)} were paused (SIGSTOP) during the measurement"
     with open(marker, "w") as f:
         json.dump({"quiet": quiet, "conditions": note, "wall_seconds": round(time.time() - started, 1)}, f)
 
