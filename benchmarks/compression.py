@@ -588,7 +588,9 @@ def target(desc, measured, ok):
 
 def write(args, name, results):
     results = dict(results)
-    results.update(command=" ".join(["python3", "benchmarks/compression.py", *sys.argv[1:]]),
+    results.update(command=" ".join(["python3", "benchmarks/compression.py",
+                                     *[x for x in sys.argv[1:] if x != "--report"]]),
+                   written_by=" ".join(["python3", "benchmarks/compression.py", *sys.argv[1:]]),
                    git_commit=git_commit(), seeds=[SEED],
                    settings={k: v for k, v in vars(args).items() if k not in ("results",)})
     os.makedirs(args.results, exist_ok=True)
@@ -714,9 +716,23 @@ def report(ctx):
     plots(ctx, dist, rows)
 
 
+def weight_kind(name):
+    """The weight kinds of ``fairseq_bso``'s pruning (embeddings, attention, output, encoder, decoder)."""
+    if name.endswith("embed_tokens.weight"):
+        return "embeddings"
+    if "attention" in name or "attn" in name:
+        return "attention"
+    if any(x in name for x in ("fc_out", "additional_fc", "output_projection")):
+        return "output"
+    return "encoder" if name.startswith("encoder.") else "decoder"
+
+
 def class_analysis(ctx, rows):
-    """Per weight matrix of the converged Seq-KD student: size, mean |w|, std; and the share of it that
-    class-blind 80% pruned (from the retrained class-blind:80 checkpoint's zeros) against class-uniform's 80%."""
+    """Why class-blind and class-uniform differ: per weight matrix of the converged Seq-KD student (the weights
+    the masks were chosen from) its size, mean |w| and std, and the share that class-blind 80% pruned (the zeros
+    of the retrained class-blind:80 checkpoint; class-uniform prunes 80% of every class).  Also checks the
+    class-blind selection itself: every pruned weight has |w| <= every kept weight (in the dense weights)
+    and the pruned count is floor(0.8 N)."""
     import torch
 
     src = ctx.ckpt("seq_kd")
@@ -725,29 +741,54 @@ def class_analysis(ctx, rows):
         return None
     dense = torch.load(src, map_location="cpu")["model"]
     blind = torch.load(pruned, map_location="cpu")["model"]
-    seen, per = set(), {}
+    seen, per, kinds = set(), {}, {}
+    max_pruned, min_kept, n_pruned, n_all = 0.0, float("inf"), 0, 0
     for k, t in dense.items():
         if t.dim() < 2 or (t.data_ptr(), tuple(t.shape)) in seen:
             continue
         seen.add((t.data_ptr(), tuple(t.shape)))
-        t = t.double()
-        per[k] = {"numel": t.numel(), "mean_abs": round(float(t.abs().mean()), 5), "std": round(float(t.std()), 5),
-                  "class_blind80_pruned_percent": round(100.0 * float((blind[k] == 0).double().mean()), 2)}
-    total = sum(v["numel"] for v in per.values())
-    heavy = sorted(per, key=lambda k: -per[k]["class_blind80_pruned_percent"])
-    emb = [k for k in per if "embed_tokens" in k]
-    lines = [f"{k}: {per[k]['numel']:,} weights ({100 * per[k]['numel'] / total:.0f}% of the prunable), mean |w| "
-             f"{per[k]['mean_abs']}, class-blind 80% pruned {per[k]['class_blind80_pruned_percent']}%"
-             for k in heavy]
-    answer = (f"Class-blind 80% removes the smallest weights over all {total:,} matrix weights: matrices whose "
-              f"weights are small in scale lose far more than 80% (most pruned: {lines[0]}), those with large "
-              f"weights far less (least pruned: {lines[-1]}). The embeddings are "
-              f"{100 * sum(per[k]['numel'] for k in emb) / total:.0f}% of the weights at this size. "
-              "Class-uniform prunes 80% of each matrix whatever its scale. See the per-matrix table.")
-    blind, uniform = rows["class-blind:80"].get("bleu_beam5"), rows["class-uniform:80"].get("bleu_beam5")
-    return {"per_matrix": per, "answer": answer,
-            "class_blind80_minus_class_uniform80_beam5": None if blind is None or uniform is None
-            else round(blind - uniform, 2)}
+        t = t.double().abs()
+        zero = blind[k] == 0
+        if zero.any():
+            max_pruned = max(max_pruned, float(t[zero].max()))
+        if (~zero).any():
+            min_kept = min(min_kept, float(t[~zero].min()))
+        n_pruned += int(zero.sum())
+        n_all += t.numel()
+        per[k] = {"kind": weight_kind(k), "numel": t.numel(), "mean_abs": round(float(t.mean()), 5),
+                  "std": round(float(dense[k].double().std()), 5),
+                  "class_blind80_pruned_percent": round(100.0 * float(zero.double().mean()), 2)}
+        kd = kinds.setdefault(weight_kind(k), {"numel": 0, "pruned": 0, "abs_sum": 0.0})
+        kd["numel"] += t.numel()
+        kd["pruned"] += int(zero.sum())
+        kd["abs_sum"] += float(t.sum())
+    by_kind = {k: {"numel": v["numel"], "share_of_weights_percent": round(100.0 * v["numel"] / n_all, 1),
+                   "mean_abs": round(v["abs_sum"] / v["numel"], 5),
+                   "class_blind80_pruned_percent": round(100.0 * v["pruned"] / v["numel"], 2)}
+               for k, v in kinds.items()}
+    order = sorted(per, key=lambda k: -per[k]["class_blind80_pruned_percent"])
+    desc = lambda k: (f"{k} ({per[k]['numel']:,} weights, mean |w| {per[k]['mean_abs']}): "  # noqa: E731
+                      f"{per[k]['class_blind80_pruned_percent']}% pruned")
+    selection_ok = max_pruned <= min_kept and n_pruned == math.floor(0.8 * n_all)
+    blind_b, uniform_b = rows["class-blind:80"].get("bleu_beam5"), rows["class-uniform:80"].get("bleu_beam5")
+    answer = (("The class-blind selection is exact (every pruned weight is no larger than every kept one in the "
+               f"dense student, {n_pruned:,} = floor(0.8 x {n_all:,}) pruned): no defect. " if selection_ok else
+               f"DEFECT? the class-blind selection is not a global magnitude threshold (max pruned |w| {max_pruned:.6g}"
+               f", min kept {min_kept:.6g}, {n_pruned:,} pruned of {n_all:,}). ") +
+              "What differs is the classes' scales: class-blind prunes by one global |w| threshold, so the matrices "
+              f"with small weights lose far more than 80% (most pruned: {desc(order[0])}; {desc(order[1])}) and the "
+              f"ones with large weights far less (least pruned: {desc(order[-1])}). By kind: " +
+              "; ".join(f"{k} {v['share_of_weights_percent']}% of the weights, mean |w| {v['mean_abs']}, "
+                        f"{v['class_blind80_pruned_percent']}% pruned" for k, v in by_kind.items()) +
+              ". Class-uniform prunes 80% of every matrix whatever its scale" +
+              ("" if blind_b is None or uniform_b is None else
+               f"; here class-blind 80% {'trails' if blind_b < uniform_b else 'matches or beats'} class-uniform 80% "
+               f"by {abs(blind_b - uniform_b):.2f} BLEU (beam 5)") + ".")
+    return {"per_matrix": per, "by_kind": by_kind, "answer": answer,
+            "selection_check": {"max_abs_pruned": max_pruned, "min_abs_kept": min_kept, "pruned": n_pruned,
+                                "matrix_weights": n_all, "exact": selection_ok},
+            "class_blind80_minus_class_uniform80_beam5": None if blind_b is None or uniform_b is None
+            else round(blind_b - uniform_b, 2)}
 
 
 def plots(ctx, dist, rows):

@@ -157,7 +157,7 @@ def main():
         results["generation_throughput_ratio"] = throughput["ratio_median"]
         results["generation_throughput"] = throughput
     print(results)
-    write_results("distillation", results, started, settings=args)
+    write_results("distillation_stagewise", results, started, settings=args)
 
 
 if __name__ == "__main__":

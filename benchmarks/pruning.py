@@ -153,7 +153,7 @@ def main():
         results["overhead_ratio"] = overhead["overhead_ratio"]
         results["overhead"] = overhead
     print(results)
-    write_results(f"pruning{args.tag}", results, started, settings=args)
+    write_results(f"pruning_stagewise{args.tag}", results, started, settings=args)
 
 
 if __name__ == "__main__":
