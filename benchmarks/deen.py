@@ -47,9 +47,12 @@ STUDENT_SMALL = [("64" if x in ("128",) else x) for x in STUDENT]
 
 
 def data():
-    """(binarized folder, raw test references)."""
+    """(binarized folder, raw test references).  The references are split on "\\n" only and kept as they are:
+    test.en line 205 holds a U+0004, which ``fairseq_bso.prep.read_lines`` refuses as input text."""
     bin_dir = deen_bin(VOCAB)
-    return bin_dir, read_lines(os.path.join(os.path.dirname(bin_dir), "test.en"))
+    with open(os.path.join(os.path.dirname(bin_dir), "test.en"), encoding="utf-8", newline="\n") as f:
+        text = f.read()
+    return bin_dir, (text[:-1] if text.endswith("\n") else text).split("\n")
 
 
 def train(name, bin_dir, epochs, model, args, max_tokens=4000, valid_beam=None, patience=3):
