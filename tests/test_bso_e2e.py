@@ -143,13 +143,21 @@ def test_bad_bso_options_fail_before_training(word_order_bin, tmp_path, args, me
                                     ["--bso-score", "log_softmax", "--bso-gold-kth", "previous", "--bso-nll-weight", "1"]])
 def test_levers_train_through_fairseq_train(word_order_bin, nll_checkpoint, tmp_path, levers):
     """The levers' options reach the criterion through fairseq-train: the NLL term is logged beside the
-    margin loss, and the logged loss is their weighted sum."""
+    margin loss, and the logged loss is margin + λ·NLL with this λ.  Per sentence: loss and margin_loss are
+    logged per sentence, nll_loss per token in bits, so λ·NLL per sentence = λ·nll_loss·ln 2·wpb/bsz (wpb and
+    bsz are means over the same updates, so their ratio is tokens per sentence)."""
     proc = harness.train(word_order_bin, str(tmp_path), criterion=[*BSO, *levers], max_epoch=1,
                          extra=["--finetune-from-model", nll_checkpoint, *TASK])
     line = re.search(r"\| train \| epoch 001 \|.*", proc.stdout).group(0)
-    stats = {k: float(v) for k, v in re.findall(r"\| (loss|margin_loss|nll_loss|ntokens|bsz) ([\d.]+)", line)}
-    assert {"loss", "margin_loss", "nll_loss"} <= set(stats), line
-    assert stats["loss"] > stats["margin_loss"], line  # λ·NLL > 0 is part of the loss
+    stats = {k: float(v) for k, v in re.findall(r"\| (loss|margin_loss|nll_loss|wpb|bsz) ([\d.]+)", line)}
+    assert {"loss", "margin_loss", "nll_loss", "wpb", "bsz"} <= set(stats), line
+    weight = float(levers[levers.index("--bso-nll-weight") + 1])
+    per_sentence = math.log(2) * stats["wpb"] / stats["bsz"]
+    nll = weight * stats["nll_loss"] * per_sentence
+    # every logged figure is rounded: loss and margin_loss to 1e-3, nll_loss to 1e-3, wpb and bsz to 0.1
+    tolerance = 1e-3 + weight * per_sentence * (5e-4 + stats["nll_loss"] * (0.05 / stats["wpb"] + 0.05 / stats["bsz"]))
+    assert abs(stats["loss"] - (stats["margin_loss"] + nll)) <= tolerance, \
+        f"loss {stats['loss']} vs margin {stats['margin_loss']} + {weight}·NLL {nll:.3f} (tolerance {tolerance:.4f}): {line}"
 
 
 @pytest.mark.parametrize("score", ["logit", "log_softmax"])
