@@ -111,7 +111,7 @@ def parse_args(argv=None):
     p.add_argument("--student-dim", type=int, default=80)
     p.add_argument("--teacher-epochs", type=int, default=10)
     p.add_argument("--student-epochs", type=int, default=12)
-    p.add_argument("--retrain-epochs", type=int, default=3)
+    p.add_argument("--retrain-epochs", type=int, default=2)
     p.add_argument("--lr", type=float, default=0.003, help="peak learning rate of teacher and students")
     p.add_argument("--retrain-lr", type=float, default=0.001, help="peak learning rate of the pruning retraining")
     p.add_argument("--warmup", type=int, default=100, help="warm-up updates (linear from 0)")
@@ -402,18 +402,13 @@ def stages(ctx):
         [dense_name(r) for r in DENSE_ROWS]
     # evaluations first among ready stages (short, and they fill the results files early)
     out += [(f"eval_{m}", [m], (lambda m=m: evaluate(ctx, m, ctx.ckpt(m)))) for m in models]
-    out += [("seq_kd", ["corpora"], student("seq_kd", kd_bin, nll)),
-            ("word_kd", ["teacher"], student("word_kd", ctx.bin, ["--criterion", "word_kd", "--kd-teacher-path",
+    # longest first (word_kd, seq_kd, seq_inter, the dense rows), then the pruning rows: the shortest makespan
+    # on two slots, and a chain cut short by the session's end loses the cheapest rows
+    out += [("word_kd", ["teacher"], student("word_kd", ctx.bin, ["--criterion", "word_kd", "--kd-teacher-path",
                                                                    ctx.ckpt("teacher"), "--kd-alpha",
-                                                                   str(a.kd_alpha)]))]
-    for row in PRUNE_ROWS:
-        scheme, _, percent = row.partition(":")
-        out.append((prune_name(row), ["seq_kd"], (lambda scheme=scheme, percent=percent, row=row: train(
-            ctx, prune_name(row), kd_bin, ctx.student_arch,
-            ["--task", "constrained_beam_training", "--criterion", "cross_entropy", "--finetune-from-model",
-             ctx.ckpt("seq_kd"), "--prune-ratio", str(int(percent) / 100), "--prune-scheme", scheme],
-            a.retrain_epochs, a.retrain_lr, smt))))
-    out.append(("seq_inter", ["corpora"], student("seq_inter", inter_bin, nll)))
+                                                                   str(a.kd_alpha)])),
+            ("seq_kd", ["corpora"], student("seq_kd", kd_bin, nll)),
+            ("seq_inter", ["corpora"], student("seq_inter", inter_bin, nll))]
     for row, percent in DENSE_ROWS.items():
         def dense(row=row, percent=percent):
             dim, target = dense_dim(ctx, percent)
@@ -421,6 +416,14 @@ def stages(ctx):
                 json.dump({"dim": dim, "target_nonzero": target}, f)
             return train(ctx, dense_name(row), kd_bin, arch(dim, 1, 0.1), nll, a.student_epochs, a.lr, smt)
         out.append((dense_name(row), ["corpora"], dense))
+    for row in ["class-blind:0", "class-blind:80", "class-uniform:80", "class-blind:50", "class-distribution:80",
+                "class-blind:90"]:
+        scheme, _, percent = row.partition(":")
+        out.append((prune_name(row), ["seq_kd"], (lambda scheme=scheme, percent=percent, row=row: train(
+            ctx, prune_name(row), kd_bin, ctx.student_arch,
+            ["--task", "constrained_beam_training", "--criterion", "cross_entropy", "--finetune-from-model",
+             ctx.ckpt("seq_kd"), "--prune-ratio", str(int(percent) / 100), "--prune-scheme", scheme],
+            a.retrain_epochs, a.retrain_lr, smt))))
     return out
 
 
