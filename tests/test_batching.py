@@ -41,13 +41,33 @@ def iterator_ids(data, task_name, subset, batch_options, epoch=1):
 
 @pytest.mark.parametrize("options", BATCH_OPTIONS.values(), ids=BATCH_OPTIONS.keys())
 @pytest.mark.parametrize("subset", ["train", "valid"])
-def test_constrained_beam_training_iterates_over_every_sentence(uneven_bin, subset, options):
-    ids = iterator_ids(uneven_bin, "constrained_beam_training", subset, options)
+@pytest.mark.parametrize("task_name", ["constrained_beam_training", "translation_pruned"])
+def test_plugin_tasks_iterate_over_every_sentence(uneven_bin, subset, options, task_name):
+    ids = iterator_ids(uneven_bin, task_name, subset, options)
     missing = sorted(set(range(N[subset])) - set(ids))
     assert not missing and len(ids) == N[subset], (
-        f"{len(ids)} of {N[subset]} {subset} sentences in the epoch; missing ids {missing}")
+        f"{task_name}: {len(ids)} of {N[subset]} {subset} sentences in the epoch; missing ids {missing}")
     if subset == "train":  # a resumed epoch >= 2 (the task rebuilds epoch 1's batches): the same sentences
-        assert sorted(iterator_ids(uneven_bin, "constrained_beam_training", subset, options, epoch=2)) == sorted(ids)
+        assert sorted(iterator_ids(uneven_bin, task_name, subset, options, epoch=2)) == sorted(ids)
+
+
+@pytest.mark.parametrize("task_name", ["constrained_beam_training", "translation_pruned"])
+def test_a_resumed_epoch_builds_the_batches_of_epoch_1(uneven_bin, task_name):
+    """SameBatchesOnResume, shared by the plugin's tasks: the iterator of a run resumed in epoch 3 holds the
+    batches of epoch 1 (as the uninterrupted run's reused iterator does) and starts in epoch 3."""
+    from fairseq.tasks import TASK_DATACLASS_REGISTRY, TASK_REGISTRY
+
+    def batches(epoch):
+        cfg = TASK_DATACLASS_REGISTRY[task_name](data=uneven_bin, source_lang="src", target_lang="tgt",
+                                                 dataset_impl=None, required_seq_len_multiple=1, train_subset="train")
+        task = TASK_REGISTRY[task_name].setup_task(cfg)
+        task.load_dataset("train")
+        iterator = task.get_batch_iterator(dataset=task.dataset("train"), max_sentences=8, seed=1, epoch=epoch,
+                                           required_batch_size_multiple=1)
+        return [sorted(b.tolist()) for b in iterator.frozen_batches], iterator.epoch
+
+    first, third = batches(1), batches(3)
+    assert third == (first[0], 3), f"{task_name}: epoch 3's iterator differs from epoch 1's"
 
 
 @pytest.mark.parametrize("subset", ["train", "valid"])

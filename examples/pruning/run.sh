@@ -23,8 +23,8 @@ if [ ! -f "$PRUNE_MODEL" ]; then
   STUDENTS=${STUDENTS:-seq_kd} bash "$EXAMPLES/distillation/run.sh"
   [ -f "$PRUNE_MODEL" ] || fail "still no $PRUNE_MODEL (STUDENTS=$STUDENTS has no seq_kd?)"
 fi
-# The plugin's task hosts the pruning callback (with --constraint none it is fairseq's translation task).
-run fairseq-train "$PRUNE_DATA" --user-dir "$USER_DIR" --task constrained_beam_training $STUDENT \
+# translation_pruned: fairseq's translation task with the --prune-* options (fairseq_bso/prune/tasks.py).
+run fairseq-train "$PRUNE_DATA" --user-dir "$USER_DIR" --task translation_pruned $STUDENT \
   --finetune-from-model "$PRUNE_MODEL" --prune-ratio "$PRUNE_RATIO" --prune-scheme "$PRUNE_SCHEME" \
   --criterion cross_entropy --optimizer adam --lr 0.0005 --clip-norm 5 --max-tokens "$MAX_TOKENS" \
   --max-epoch "$PRUNE_EPOCHS" --required-batch-size-multiple 1 --no-epoch-checkpoints --save-dir "$OUT"

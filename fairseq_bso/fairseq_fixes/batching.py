@@ -14,6 +14,9 @@ gone, from ``fairseq-generate``'s output, from every training epoch and from val
 
 ``KeepEveryExample`` is mixed into the plugin's tasks: their batches are fairseq's batches plus one more batch
 holding the examples fairseq left out (after its size filter), in fairseq's order.
+
+``SameBatchesOnResume`` is mixed into them too: a resumed run trains on the batches of the uninterrupted run
+(see its docstring).  ``PluginBatching`` is the two together, in the order every plugin task uses.
 """
 
 import contextlib
@@ -73,3 +76,32 @@ class KeepEveryExample:
             make_batches.keeps_every_example = True
             iterator.batch_sampler = make_batches
         return iterator
+
+
+class SameBatchesOnResume:
+    """Task mixin (before the fairseq task in the bases): a resumed run trains on the uninterrupted run's batches.
+
+    fairseq-fixed 0.12.3 builds the batches with the numpy seed ``seed + epoch``, ``epoch`` being the epoch in
+    which the (cached, reused) iterator is created: 1 in an uninterrupted run, the resume epoch after a restart.
+    A run resumed in epoch >= 2 would then train on other batches than the uninterrupted run, and a mid-epoch
+    resume would skip the first batches of the *other* batching (some examples seen twice in that epoch, some
+    never).  Build the batches of epoch 1, as the uninterrupted run does.  Only when fairseq reuses one iterator
+    across epochs (``can_reuse_epoch_itr``, no ``--rebuild-batches``, no ``disable_iterator_cache``): otherwise
+    fairseq rebuilds the batches every epoch in both runs alike."""
+
+    def get_batch_iterator(self, dataset, *args, **kwargs):
+        epoch = kwargs.get("epoch", 1)
+        cached_across_epochs = (
+            self.can_reuse_epoch_itr(dataset) and not kwargs.get("disable_iterator_cache", False)
+            and not kwargs.get("update_epoch_batch_itr", False)
+            and not getattr(getattr(self, "cfg", None) or getattr(self, "args", None), "rebuild_batches", False))
+        if epoch <= 1 or not cached_across_epochs or dataset in self.dataset_to_epoch_iter:
+            return super().get_batch_iterator(dataset, *args, **kwargs)
+        iterator = super().get_batch_iterator(dataset, *args, **{**kwargs, "epoch": 1})
+        iterator.epoch = epoch  # the epoch it starts in (a resume then loads the position within it)
+        dataset.set_epoch(epoch)
+        return iterator
+
+
+class PluginBatching(SameBatchesOnResume, KeepEveryExample):
+    """Both batching fixes, for any fairseq task: ``class MyTask(PluginBatching, TranslationTask)``."""

@@ -5,8 +5,10 @@
     fairseq-bso-prune densify OUT.sparse OUT
 
 ``export`` writes a checkpoint that stock ``fairseq-generate`` loads without the
-plugin: parameter names unchanged, the plugin's task replaced by ``translation``
-(its extra options dropped), a plugin criterion by ``cross_entropy``, no
+plugin: parameter names unchanged, the plugin's task replaced by the fairseq task it
+extends (``translation`` for ``constrained_beam_training``, ``seq_kd`` and
+``translation_pruned``, ``language_modeling`` for ``language_modeling_pruned``, a
+user's task for its pruned twin; its extra options dropped), a plugin criterion by ``cross_entropy``, no
 ``--user-dir``, no optimizer state.  ``--sparse`` also writes a compact copy for
 shipping (each pruned matrix as a bit mask plus its non-zero values); ``densify``
 turns it back into the exported checkpoint, bit for bit in the weights.
@@ -22,8 +24,18 @@ import numpy as np
 import torch
 
 from .masks import KINDS, format_table, parse_kinds, prunable, sparsity_table
+from .tasks import stock_task, stock_task_fields
 
-PLUGIN_TASKS = ("constrained_beam_training", "seq_kd")
+
+
+def exported_task(name):
+    """The task an exported checkpoint names: the plugin's task's stock base (``tasks.stock_task``), with an
+    error naming the task when it is not registered (a user's own task: pass its ``--user-dir``)."""
+    base = stock_task(name) if name else name
+    if name and base is None:
+        raise SystemExit(f"fairseq-bso-prune export: the checkpoint's task {name!r} is not registered; if it is "
+                         f"your own task, pass the --user-dir that registers it")
+    return base
 PLUGIN_CRITERIONS = ("bso", "word_kd")
 SPARSE_FORMAT = "fairseq-bso-sparse-v1"
 
@@ -63,19 +75,18 @@ def stats(state: dict, kinds=KINDS) -> str:
 
 def stock_checkpoint(state: dict) -> dict:
     """A copy that stock fairseq loads: plugin task/criterion replaced, no user dir, no optimizer state."""
-    from fairseq.tasks.translation import TranslationConfig
-
     out = {k: v for k, v in state.items() if k not in ("last_optimizer_state",)}
     cfg = copy.deepcopy(state.get("cfg"))
     notes = []
     if cfg is not None:
         task = cfg.get("task") or {}
-        if task.get("_name") in PLUGIN_TASKS:
+        base = exported_task(task.get("_name"))
+        if base != task.get("_name"):
             if task.get("constraint", "none") != "none":
                 notes.append(f"the model was trained with --constraint {task['constraint']}; stock fairseq decodes "
                              f"it without the constraint")
-            keep = set(TranslationConfig.__dataclass_fields__)
-            cfg["task"] = {"_name": "translation", **{k: v for k, v in task.items() if k in keep}}
+            keep = stock_task_fields(base)
+            cfg["task"] = {**{k: v for k, v in task.items() if keep is None or k in keep}, "_name": base}
         crit = cfg.get("criterion") or {}
         if crit.get("_name") in PLUGIN_CRITERIONS:
             cfg["criterion"] = {"_name": "cross_entropy", "sentence_avg": False}
@@ -92,8 +103,8 @@ def stock_checkpoint(state: dict) -> dict:
         out["args"] = None
     elif state.get("args") is not None:  # a pre-hydra checkpoint: stock fairseq needs the plugin's allow-list
         args = copy.deepcopy(state["args"])
-        if getattr(args, "task", None) in PLUGIN_TASKS:
-            args.task = "translation"
+        if getattr(args, "task", None):
+            args.task = exported_task(args.task)
         if getattr(args, "criterion", None) in PLUGIN_CRITERIONS:
             args.criterion = "cross_entropy"
         args.user_dir = None
@@ -158,6 +169,9 @@ def main(argv=None) -> None:
     p.add_argument("checkpoint")
     p.add_argument("output")
     p.add_argument("--sparse", metavar="PATH", help="also write a compact sparse copy here")
+    p.add_argument("--user-dir", metavar="DIR",
+                   help="the folder that registers the checkpoint's task, when it is your own (a pruned twin of it "
+                        "is exported as your task)")
     p = sub.add_parser("densify", help="turn a --sparse copy back into a checkpoint")
     p.add_argument("sparse")
     p.add_argument("output")
@@ -170,6 +184,9 @@ def main(argv=None) -> None:
             raise SystemExit(f"fairseq-bso-prune: {e}")
         print(stats(load(args.checkpoint), kinds))
     elif args.command == "export":
+        if args.user_dir:
+            from fairseq.utils import import_user_module
+            import_user_module(argparse.Namespace(user_dir=args.user_dir))
         state = load(args.checkpoint)
         out, notes = stock_checkpoint(state)
         size = save_atomic(out, args.output)

@@ -29,9 +29,16 @@ Schemes (prune a share ``r`` of the selected weights)
 Ties are broken by position (stable sort), so the selection is exact and
 reproducible; ``tests/test_pruning.py`` checks it against a brute-force sort.
 
-Masks hold exactly: the training task multiplies gradients by the mask before
-the optimizer step and the weights after it (Adam's moments cannot revive a
-pruned weight).  Masks are not stored anywhere: they are the exact zeros of the
+Masks hold exactly: the training task (:mod:`.tasks`) prunes when the schedule
+says so at the start of an update (before its forward pass), multiplies the
+gradients by the mask right after each backward pass (so fairseq's gradient
+clipping, its logged ``gnorm`` and the fp32 master gradients of ``--fp16`` never
+see a pruned weight's gradient), and after every optimizer step re-masks the
+weights, the optimizer's fp32 master copy of them (``--fp16``) and every
+optimizer state tensor of their shape (Adam's moments), so no pruned position of
+any of those is ever non-zero (:func:`optimizer_copies`).
+
+Masks are not stored anywhere: they are the exact zeros of the
 pruned matrices, re-derived after a resume (fairseq 0.12.2 does not restore
 ``task_state`` on resume), so checkpoints keep fairseq's parameter names and load
 in stock fairseq.
@@ -200,8 +207,62 @@ def format_table(rows) -> str:
     return "\n".join(lines)
 
 
+def optimizer_copies(optimizer, weights: "OrderedDict[str, torch.Tensor]") -> Dict[str, List[torch.Tensor]]:
+    """For each weight, the optimizer's tensors of its shape that hold it or state about it, as views.
+
+    ``optimizer`` is a fairseq optimizer (``FairseqOptimizer``, ``FP16Optimizer`` flat or not,
+    ``MemoryEfficientFP16Optimizer``, ``AMPOptimizer``) or a torch one.  Returned per weight name: the fp32
+    master copy of ``FP16Optimizer`` (its slice of the flat master tensor when the gradients are flattened), and
+    every tensor of the inner torch optimizer's state for the parameter it steps (Adam's ``exp_avg`` and
+    ``exp_avg_sq``, SGD's momentum buffer) that has as many elements as the weight.  A state tensor of another
+    size (Adafactor's factored moments, a step counter) is left out: it holds no per-weight value."""
+    masters = {}  # id(model parameter) -> (parameter the inner optimizer steps, element offset in it)
+    opt = optimizer
+    for _ in range(8):  # unwrap fairseq's wrappers down to the torch optimizer
+        if isinstance(opt, torch.optim.Optimizer):
+            break
+        if hasattr(opt, "fp32_params") and hasattr(opt, "fp16_params"):  # FP16Optimizer
+            fp32 = opt.fp32_params
+            if torch.is_tensor(fp32) or isinstance(fp32, dict):  # flat: fairseq lays the params out in order
+                flats = fp32 if isinstance(fp32, dict) else {None: fp32}
+                for device, flat in flats.items():
+                    offset = 0
+                    for p in opt.fp16_params:
+                        if len(flats) > 1 and p.device.index != device:
+                            continue
+                        masters[id(p)] = (flat, offset)
+                        offset += p.numel()
+            else:
+                masters.update((id(p), (p32, 0)) for p, p32 in zip(opt.fp16_params, fp32))
+            opt = opt.fp32_optimizer
+        elif hasattr(opt, "wrapped_optimizer"):  # MemoryEfficientFP16Optimizer
+            opt = opt.wrapped_optimizer
+        elif hasattr(opt, "fp32_optimizer"):  # AMPOptimizer
+            opt = opt.fp32_optimizer
+        else:
+            opt = getattr(opt, "optimizer", None)  # FairseqOptimizer -> its torch optimizer
+    state = opt.state if isinstance(opt, torch.optim.Optimizer) else {}
+    out: Dict[str, List[torch.Tensor]] = {}
+    for name, p in weights.items():
+        target, offset = masters.get(id(p), (p, 0))
+        n = p.numel()
+
+        def view(t):
+            return t.detach().reshape(-1)[offset:offset + n].view(p.shape)
+
+        copies = [view(target)] if target is not p else []
+        copies += [view(t) for t in state.get(target, {}).values()
+                   if torch.is_tensor(t) and t.numel() == target.numel() and t.numel() >= n]
+        out[name] = copies
+    return out
+
+
 class Pruner:
-    """The training-time callback: hosted by the plugin's tasks (``optimizer_step``)."""
+    """The training-time callback, hosted by a task (:class:`fairseq_bso.prune.tasks.PruningTask`).
+
+    Per update: :meth:`prepare` (prune when the schedule says so, once per update; re-derive the masks after a
+    resume), :meth:`mask_gradients` after each backward pass, :meth:`after_step` after the optimizer step.
+    :meth:`before_step` is :meth:`prepare` plus :meth:`mask_gradients`, for a host without a backward hook."""
 
     def __init__(self, cfg, model):
         check_options(cfg)
@@ -215,6 +276,7 @@ class Pruner:
                              f"(its parameters: {names}, ...)")
         self.masks: Optional[Dict[str, torch.Tensor]] = None
         self.current_ratio = 0.0
+        self.pruned_at: Optional[int] = None  # the update of the last pruning step (one per update)
 
     def target_ratio(self, update: int) -> Optional[float]:
         """The ratio to prune to at this update, or None when the masks stay as they are."""
@@ -249,39 +311,67 @@ class Pruner:
             return sum(int(math.floor(ratio * size)) for size in sizes.values())
         return int(math.floor(ratio * sum(p.numel() for p in self.weights.values())))
 
-    def before_step(self, update: int) -> None:
+    def prepare(self, update: int, optimizer=None) -> None:
+        """At the start of an update: prune if the schedule says so (once per update), or re-derive the masks
+        from the weights' exact zeros when this run starts past the start of pruning (a resume)."""
         ratio = self.target_ratio(update)
-        if ratio is not None:
-            self.prune_to(ratio, update)
+        if ratio is not None and self.pruned_at != update:
+            self.prune_to(ratio, update, optimizer)
         elif self.masks is None and self.started(update):
-            self.masks_from_zeros(update)  # resumed after pruning began: the masks are the exact zeros
+            self.masks_from_zeros(update, optimizer)  # resumed after pruning began: the masks are the exact zeros
+
+    def mask_gradients(self) -> None:
         if self.masks is not None:
             for n, p in self.weights.items():
                 if p.grad is not None:
                     p.grad.mul_(self.masks[n])
 
-    def after_step(self) -> None:
-        if self.masks is not None:
-            with torch.no_grad():
-                for n, p in self.weights.items():
-                    p.mul_(self.masks[n])
+    def before_step(self, update: int, optimizer=None) -> None:
+        self.prepare(update, optimizer)
+        self.mask_gradients()
 
-    def prune_to(self, ratio: float, update: int) -> None:
+    def after_step(self, optimizer=None) -> None:
+        """Re-mask the weights and, given the optimizer, its master copies and state tensors of them."""
+        if self.masks is None:
+            return
+        with torch.no_grad():
+            copies = optimizer_copies(optimizer, self.weights) if optimizer is not None else {}
+            for n, p in self.weights.items():
+                p.mul_(self.masks[n])
+                for t in copies.get(n, ()):
+                    t.mul_(self.masks[n])
+
+    def nonzero_pruned(self, optimizer=None) -> Dict[str, int]:
+        """Non-zero values at pruned positions: in the weights, and in the optimizer's copies and state
+        (``optimizer_copies``); a check for tests and benchmarks (host syncs; not for the training loop)."""
+        counts = {"weights": 0, "optimizer": 0}
+        if self.masks is None:
+            return counts
+        copies = optimizer_copies(optimizer, self.weights) if optimizer is not None else {}
+        for n, p in self.weights.items():
+            pruned = self.masks[n] == 0
+            counts["weights"] += int(p.detach()[pruned].ne(0).sum())
+            counts["optimizer"] += sum(int(t[pruned].ne(0).sum()) for t in copies.get(n, ()))
+        return counts
+
+    def prune_to(self, ratio: float, update: int, optimizer=None) -> None:
         with torch.no_grad():
             masks = compute_masks(self.weights, ratio, self.scheme)
             if self.masks is not None:  # gradual: a pruned weight stays pruned
                 masks = {n: m & self.masks[n].bool() for n, m in masks.items()}
             self.masks = {n: m.to(self.weights[n].dtype) for n, m in masks.items()}
-            self.after_step()
+            self.after_step(optimizer)
         self.current_ratio = ratio
+        self.pruned_at = update
         self.log(f"pruned to {ratio:.2%} ({self.scheme}) at update {update}")
 
-    def masks_from_zeros(self, update: int) -> None:
+    def masks_from_zeros(self, update: int, optimizer=None) -> None:
         self.masks = {n: p.detach().ne(0).to(p.dtype) for n, p in self.weights.items()}
         total = sum(p.numel() for p in self.weights.values())
         zeros = total - sum(int(torch.count_nonzero(p)) for p in self.weights.values())
         target = self.ratio_reached(update)
         if zeros >= self.pruned_count(target):
+            self.after_step(optimizer)  # a checkpoint's optimizer state may predate the masks
             self.log(f"masks re-derived from the exact zeros of the weights at update {update} (resume)")
             return
         c = self.cfg
@@ -291,7 +381,7 @@ class Pruner:
             f"--prune-ratio {c.prune_ratio} --prune-schedule {self.schedule} has them {target:.2%} sparse by now; "
             f"pruning to {target:.2%} at this update (a checkpoint restored with --restore-file keeps its update "
             f"count unless --reset-optimizer is given)")
-        self.prune_to(target, update)
+        self.prune_to(target, update, optimizer)
 
     def log(self, what: str) -> None:
         rows = sparsity_table(OrderedDict((n, p.detach()) for n, p in self.weights.items()))
