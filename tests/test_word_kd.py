@@ -108,7 +108,9 @@ def test_teacher_with_other_dictionaries_is_refused(nll_checkpoint, tmp_path):
 
 
 @pytest.mark.parametrize("args,message", [
-    (["--kd-alpha", "1.5"], "--kd-alpha must be in [0, 1]"),
+    (["--kd-alpha", "1.5"], "--kd-alpha must be a number in [0, 1], got 1.5"),
+    (["--kd-alpha", "nan"], "--kd-alpha must be a number in [0, 1], got nan"),
+    (["--kd-alpha", "inf"], "--kd-alpha must be a number in [0, 1], got inf"),
     (["--kd-topk", "-1"], "--kd-topk must be >= 0"),
     ([], "needs --kd-teacher-path"),
 ])
@@ -117,3 +119,46 @@ def test_bad_options(word_order_bin, nll_checkpoint, tmp_path, args, message):
     proc = harness.train(word_order_bin, str(tmp_path), arch=SMALL, check=False,
                          criterion=["--criterion", "word_kd", *teacher, *args])
     assert proc.returncode != 0 and message in proc.stdout
+
+
+@pytest.mark.parametrize("topk", [0, 3])
+def test_distillation_term_keeps_only_k_teacher_values(topk):
+    """--kd-topk k: the term against a float64 loop over positions and tokens, and no operation of it makes a
+    tensor of B·T·V elements (only B·T·k teacher values); without --kd-topk, q is the dense softmax."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+    from fairseq_bso.distill.word_kd import distillation_term
+
+    g = torch.Generator().manual_seed(0)
+    B, T, V = 2, 5, 11
+    teacher_logits = torch.randn(B, T, V, generator=g)
+    lprobs = torch.log_softmax(torch.randn(B, T, V, generator=g), -1)
+    pad = torch.zeros(B, T, dtype=torch.bool)
+    pad[1, 3:] = True
+
+    class Shapes(TorchDispatchMode):
+        numels = []
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            out = func(*args, **(kwargs or {}))
+            for t in (out if isinstance(out, (tuple, list)) else [out]):
+                if torch.is_tensor(t):
+                    self.numels.append((str(func), t.numel()))
+            return out
+
+    with Shapes() as mode:
+        got = distillation_term(teacher_logits, lprobs, topk, pad)
+    want = 0.0
+    for b in range(B):
+        for t in range(T):
+            if pad[b, t]:
+                continue
+            logits = teacher_logits[b, t].double()
+            keep = torch.argsort(logits, descending=True)[:topk] if topk else torch.arange(V)
+            q = torch.softmax(logits[keep], -1)
+            want -= float((q * lprobs[b, t, keep].double()).sum())
+    assert abs(got.item() - want) <= 1e-6 * abs(want), f"k={topk}: {got.item()!r}, float64 loop {want!r}"
+    dense = [f for f, n in mode.numels if n == B * T * V]
+    if topk:
+        assert not dense, f"--kd-topk {topk}: B·T·V tensors made by {dense}"
+    else:
+        assert dense, "the dense path should build q over the vocabulary"

@@ -8,12 +8,19 @@ optional label smoothing on the NLL part (``--kd-label-smoothing``).
 
 The teacher is loaded from ``--kd-teacher-path`` and kept *outside* the trained
 model (not a submodule: no gradients, not in the optimizer, not in checkpoints),
-in eval mode, under ``no_grad``, on the student's device and dtype.  Under
-fairseq's distributed training each worker holds its own teacher copy and
-scores its own batches.
+in eval mode, under ``no_grad``, on the student's device and in the dtype of the
+student's parameters (float16 under ``--fp16`` / ``--memory-efficient-fp16``;
+float32 under ``--amp``, where fairseq's autocast covers the teacher's forward as
+the student's).  q and the distillation term are then computed in float32 (as
+fairseq computes the student's log-probabilities).  With ``--kd-topk k`` only the
+teacher's top k logits per position are kept (B·T·k values and their indices; no
+B·T·V teacher distribution is built) and the term is Σ over those k tokens of
+q · log p, p gathered at them.  Under fairseq's distributed training each worker
+holds its own teacher copy and scores its own batches.
 """
 
 import logging
+import math
 import os
 from dataclasses import dataclass, field
 
@@ -77,19 +84,39 @@ def load_teacher(path: str, task):
 
 
 def teacher_distribution(teacher_logits: torch.Tensor, topk: int) -> torch.Tensor:
-    """q: softmax of the teacher's logits, optionally truncated to the top k and renormalized."""
+    """q over the whole vocabulary (B·T·V): softmax of the teacher's logits in float32, optionally truncated to the
+    top k and renormalized.  The criterion uses it without ``--kd-topk``; with it, :func:`teacher_topk`."""
     if topk > 0 and topk < teacher_logits.size(-1):
-        values, indices = teacher_logits.topk(topk, dim=-1)
-        return torch.zeros_like(teacher_logits).scatter_(-1, indices, F.softmax(values, dim=-1))
-    return F.softmax(teacher_logits, dim=-1)
+        q, indices = teacher_topk(teacher_logits, topk)
+        return torch.zeros(teacher_logits.shape, dtype=q.dtype, device=q.device).scatter_(-1, indices, q)
+    return F.softmax(teacher_logits.float(), dim=-1)
+
+
+def teacher_topk(teacher_logits: torch.Tensor, topk: int):
+    """(q, indices), both B·T·k: the teacher's top k tokens per position and their renormalized probabilities
+    (float32).  Ties among the logits are broken as ``torch.topk`` breaks them."""
+    values, indices = teacher_logits.topk(topk, dim=-1)
+    return F.softmax(values.float(), dim=-1), indices
+
+
+def distillation_term(teacher_logits: torch.Tensor, lprobs: torch.Tensor, topk: int,
+                      pad_mask: torch.Tensor) -> torch.Tensor:
+    """− Σ_positions Σ_v q(v) · log p(v), over the non-pad positions, in float32.  ``lprobs``: the student's
+    log-probabilities (B·T·V); ``teacher_logits``: B·T·V in the teacher's dtype."""
+    if 0 < topk < teacher_logits.size(-1):
+        q, indices = teacher_topk(teacher_logits, topk)
+        per_position = (q * lprobs.gather(-1, indices).float()).sum(-1)
+    else:
+        per_position = (teacher_distribution(teacher_logits, 0) * lprobs.float()).sum(-1)
+    return -per_position.masked_fill(pad_mask, 0.0).sum()
 
 
 @register_criterion("word_kd", dataclass=WordKDConfig)
 class WordKDCriterion(FairseqCriterion):
     def __init__(self, task, kd_teacher_path="", kd_alpha=0.5, kd_topk=0, kd_label_smoothing=0.0):
         super().__init__(task)
-        if not 0.0 <= kd_alpha <= 1.0:
-            raise ValueError(f"--kd-alpha must be in [0, 1], got {kd_alpha}")
+        if not math.isfinite(kd_alpha) or not 0.0 <= kd_alpha <= 1.0:
+            raise ValueError(f"--kd-alpha must be a number in [0, 1], got {kd_alpha}")
         if kd_topk < 0:
             raise ValueError(f"--kd-topk must be >= 0, got {kd_topk}")
         if not 0.0 <= kd_label_smoothing < 1.0:
@@ -100,11 +127,12 @@ class WordKDCriterion(FairseqCriterion):
         # a plain list, not a submodule: the teacher is not trained, optimized or saved
         self._teacher = [load_teacher(kd_teacher_path, task)]
 
-    def teacher(self, like: torch.Tensor):
+    def teacher(self, student):
+        """The teacher on the student's device, in the dtype of the student's parameters."""
         teacher = self._teacher[0]
-        p = next(teacher.parameters())
-        if p.device != like.device or p.dtype != like.dtype:
-            teacher.to(device=like.device, dtype=like.dtype)
+        p, s = next(teacher.parameters()), next(student.parameters())
+        if p.device != s.device or p.dtype != s.dtype:
+            teacher.to(device=s.device, dtype=s.dtype)
         teacher.eval()
         return teacher
 
@@ -117,9 +145,8 @@ class WordKDCriterion(FairseqCriterion):
                                                      ignore_index=self.padding_idx, reduce=True)
         if self.alpha > 0:
             with torch.no_grad():
-                teacher_out = self.teacher(lprobs)(**sample["net_input"])
-                q = teacher_distribution(teacher_out[0].float(), self.topk)
-            kd = -(q * lprobs.float()).sum(-1).masked_fill(pad_mask, 0.0).sum()
+                teacher_logits = self.teacher(model)(**sample["net_input"])[0]
+            kd = distillation_term(teacher_logits, lprobs, self.topk, pad_mask)
         else:
             kd = lprobs.new_zeros(())
         loss = (1.0 - self.alpha) * nll_part + self.alpha * kd
