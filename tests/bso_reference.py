@@ -11,12 +11,16 @@ Levers, as ``fairseq_bso.bso.search`` documents them:
 * ``gold_kth="self"``: the K-th item is the rival even when it is the gold;
   ``"previous"``: then the (K−1)-th item is;
 * :func:`reference_nll`: −Σ_t log p(y_t | y_<t) over the whole gold;
-* ``stop=True`` (learning to stop): before the gold's last step, a candidate ending in
-  </s> that ranks in the top K finishes (the next beam is the top K of the others; the K-th
-  item of the margin check is still taken among all candidates); the best one finishing at t
-  is a violation when its score + margin exceeds the whole gold's score (and the step's
-  ordinary violation, if any, has a smaller rival-minus-gold gap); its loss term and Δ compare
-  it with the whole gold from the segment's start;
+* ``stop=True`` (learning to stop): at step 0 (unless the gold is the one-token </s>) </s> is
+  no candidate at all (fairseq's generator never finishes the empty hypothesis); at a later
+  step before the gold's last, a candidate ending in </s> that ranks in the top K finishes
+  (the next beam is the top K of the others; the K-th item of the margin check is still taken
+  among all candidates); the best one finishing at t is a violation when its ranking score +
+  margin exceeds the whole gold's ranking score (and the step's ordinary violation, if any,
+  has a smaller rival-minus-gold gap); its loss term compares the two ranking scores, its Δ the
+  hypothesis with the whole gold from the segment's start.  The ranking score of a finished
+  hypothesis is fairseq's: its score with ``logit``; with ``log_softmax`` its whole summed
+  log-probability divided by its length (</s> included) to the power ``lenpen``;
 * :func:`reference_dropout`: shared dropout masks (``--bso-dropout shared``) applied to the
   full-prefix passes, read from the vectorized run's mask bank by (step, call) position.
 """
@@ -47,7 +51,7 @@ def reference_nll(model, src_tokens, src_lengths, gold, eos):
 
 
 def reference_bso(model, src_tokens, src_lengths, gold, beam_size, invalid, cost, eos, margin=1.0,
-                  allowed=None, score="logit", gold_kth="self", stop=False):
+                  allowed=None, score="logit", gold_kth="self", stop=False, lenpen=1.0):
     """Returns (violation steps, reset steps, loss tensor with graph, deltas by step).
 
     ``gold``: target token list ending in </s>.  ``invalid``: token ids never
@@ -58,9 +62,12 @@ def reference_bso(model, src_tokens, src_lengths, gold, beam_size, invalid, cost
     beam = [[]]  # prefixes
     segment_start = 0
     violations, resets, deltas, loss_terms = [], [], {}, []
+    def finished_score(prefix, value):  # how fairseq's decoders rank a finished hypothesis
+        return value / len(prefix) ** lenpen if score == "log_softmax" else value
+
     if stop:
         with torch.no_grad():
-            gold_final = prefix_score(model, src_tokens, src_lengths, gold, eos, score).item()
+            gold_final = finished_score(gold, prefix_score(model, src_tokens, src_lengths, gold, eos, score).item())
     for t in range(T):
         candidates = []
         with torch.no_grad():
@@ -78,7 +85,9 @@ def reference_bso(model, src_tokens, src_lengths, gold, beam_size, invalid, cost
         candidates.sort(key=lambda c: -c[0])
         finished, unfinished = [], candidates
         if stop and t < T - 1:
-            finished = [c for c in candidates[:beam_size] if c[1][-1] == eos]
+            if t == 0:  # the empty hypothesis </s> never finishes, nor stays on the beam
+                candidates = [c for c in candidates if c[1][-1] != eos]
+            finished = [(finished_score(p, s), p) for s, p in candidates[:beam_size] if p[-1] == eos]
             unfinished = [c for c in candidates if c[1][-1] != eos]
         gold_prefix = gold[: t + 1]
         gold_score = next(s for s, p in candidates if p == gold_prefix)
@@ -91,10 +100,11 @@ def reference_bso(model, src_tokens, src_lengths, gold, beam_size, invalid, cost
                 rival = candidates[beam_size - 2]
         compared = gold_prefix  # the gold the rival is compared with
         ordinary = rival is not None and gold_score < rival[0] + margin
+        rival_finished = False
         if finished:
             best = max(finished, key=lambda c: c[0])
             if best[0] + margin > gold_final and (not ordinary or best[0] - gold_final > rival[0] - gold_score):
-                rival, compared, ordinary = best, gold, True
+                rival, compared, ordinary, rival_finished = best, gold, True, True
         if ordinary:
             violations.append(t)
             violating = rival[1]
@@ -103,6 +113,8 @@ def reference_bso(model, src_tokens, src_lengths, gold, beam_size, invalid, cost
             # the terms with autograd: gold and violating prefixes scored from scratch
             f_gold = prefix_score(model, src_tokens, src_lengths, compared, eos, score)
             f_viol = prefix_score(model, src_tokens, src_lengths, violating, eos, score)
+            if rival_finished:
+                f_gold, f_viol = finished_score(compared, f_gold), finished_score(violating, f_viol)
             loss_terms.append(delta * (margin - f_gold + f_viol))
             if t < T - 1:
                 resets.append(t)

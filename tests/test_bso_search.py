@@ -69,14 +69,15 @@ def list_cost(name):
     return cost
 
 
-def vectorized(model, d, srcs, golds, K, cost, score="logit", gold_kth="self", nll_weight=0.0, stop=False):
+def vectorized(model, d, srcs, golds, K, cost, score="logit", gold_kth="self", nll_weight=0.0, stop=False,
+               lenpen=1.0):
     src = left_pad(srcs, d.pad())
     lengths = torch.tensor([len(s) for s in srcs])
     target = right_pad(golds, d.pad())
     enc = model.encoder(src, src_lengths=lengths)
     with deterministic_decoder(model.decoder):
         result = bso_search(model, enc, target, K, d.pad(), d.eos(), d.bos(), COSTS[cost], score=score,
-                            gold_kth=gold_kth, stop=stop)
+                            gold_kth=gold_kth, stop=stop, lenpen=lenpen)
         scored = rescore(model, enc, target, result, d.pad(), d.eos(), nll=nll_weight > 0)
     loss = bso_loss(scored.gold, scored.violating, result)
     if nll_weight > 0:
@@ -194,6 +195,11 @@ def stop_batch(d, seed):
     return srcs, [[w for w in g[:-1] if w != d.eos()] + [d.eos()] for g in golds]
 
 
+def stop_lenpen(seed):
+    """fairseq's default length penalty 1, and another (only the log_softmax score reads it)."""
+    return 1.0 if seed % 2 == 0 else 0.6
+
+
 @pytest.mark.parametrize("seed,K,score,cost", STOP_CASES)
 def test_learning_to_stop_equals_reference(seed, K, score, cost):
     """The learning-to-stop step (finished hypotheses leave the beam; the best one finishing at a
@@ -203,13 +209,14 @@ def test_learning_to_stop_equals_reference(seed, K, score, cost):
     model = stop_model(d, seed, score)
     model.train()
     srcs, golds = stop_batch(d, seed)
-    result, loss = vectorized(model, d, srcs, golds, K, cost, score, stop=True)
+    lenpen = stop_lenpen(seed)
+    result, loss = vectorized(model, d, srcs, golds, K, cost, score, stop=True, lenpen=lenpen)
     g_vec = grads(model, loss)
     ref_loss = 0.0
     for b, (s, g) in enumerate(zip(srcs, golds)):
         src, length = torch.tensor([s]), torch.tensor([len(s)])
         viols, resets, l_b, deltas = reference_bso(model, src, length, g, K, {d.pad(), d.bos()}, list_cost(cost),
-                                                   d.eos(), score=score, stop=True)
+                                                   d.eos(), score=score, stop=True, lenpen=lenpen)
         assert result.violation[b].nonzero().view(-1).tolist() == viols, f"sentence {b}"
         assert result.reset[b].nonzero().view(-1).tolist() == resets, f"sentence {b}"
         for t, delta in deltas.items():
@@ -278,7 +285,7 @@ def shared_dropout_against_reference(model, d, srcs, golds, K, score, mask_seed,
     enc_out = model.encoder(src, src_lengths=lengths)
     with decoder_dropout(model.decoder, "shared", len(srcs)) as shared:
         result = bso_search(model, enc_out, target, K, d.pad(), d.eos(), d.bos(), COSTS["zero_one"], score=score,
-                            stop=stop, dropout=shared)
+                            gold_kth="self", stop=stop, dropout=shared)
         scored = rescore(model, enc_out, target, result, d.pad(), d.eos(), dropout=shared)
     loss = bso_loss(scored.gold, scored.violating, result)
     g_vec = grads(model, loss)
@@ -339,7 +346,8 @@ def test_shared_dropout_is_dropout():
     losses = {}
     for mode in ("off", "shared"):
         with decoder_dropout(model.decoder, mode, len(srcs)) as shared:
-            result = bso_search(model, enc_out, target, 3, d.pad(), d.eos(), d.bos(), COSTS["zero_one"], dropout=shared)
+            result = bso_search(model, enc_out, target, 3, d.pad(), d.eos(), d.bos(), COSTS["zero_one"], score="logit",
+                                gold_kth="self", dropout=shared)
             scored = rescore(model, enc_out, target, result, d.pad(), d.eos(), dropout=shared)
         losses[mode] = bso_loss(scored.gold, scored.violating, result).item()
         if shared is not None:
@@ -474,3 +482,45 @@ def test_transformer_decoder_search_equals_reference(seed, K):
     # so the two routes agree to float32 rounding (eps 1.2e-7) amplified through a few layers
     assert_loss_equal(loss.item(), ref_loss, rel=1e-5)
     assert_grads_equal(g_vec, grads(model, ref_loss), rel=1e-5)
+
+
+@pytest.mark.parametrize("decoder,score,nll,stop", [("lstm", "logit", 0.0, False), ("lstm", "log_softmax", 0.5, False),
+                                                    ("lstm", "log_softmax", 0.0, True),
+                                                    ("transformer", "logit", 0.3, False),
+                                                    ("transformer", "log_softmax", 0.0, True)])
+def test_rescore_modes_compute_the_same_scores(decoder, score, nll, stop):
+    """The parallel teacher-forced re-scoring (one row per violation) and the incremental one (2·B
+    rows spliced at resets) give the same gold and violating scores, loss and gradients (float64;
+    the reference tests above take the criterion's ``auto`` choice, which with these random models'
+    many violations is mostly the incremental one)."""
+    from fairseq_bso.bso.search import rescore_incremental, rescore_parallel
+    d = make_dict()
+    model = make_transformer(d, 5) if decoder == "transformer" else stop_model(d, 1, score)
+    model.train()
+    srcs, golds = stop_batch(d, 3)
+    src, lengths, target = left_pad(srcs, d.pad()), torch.tensor([len(x) for x in srcs]), right_pad(golds, d.pad())
+    out = {}
+    with deterministic_decoder(model.decoder):
+        with torch.no_grad():
+            result = bso_search(model, model.encoder(src, src_lengths=lengths), target, 3, d.pad(), d.eos(), d.bos(),
+                                COSTS["sentence_bleu"], score=score, gold_kth="previous", stop=stop, lenpen=0.8)
+        for name, fn in (("parallel", rescore_parallel), ("incremental", rescore_incremental)):
+            enc = model.encoder(src, src_lengths=lengths)  # a graph of its own per route
+            scored = fn(model, enc, target, result, d.pad(), d.eos(), nll=nll > 0)
+            loss = bso_loss(scored.gold, scored.violating, result)
+            if nll > 0:
+                loss = loss + nll * nll_loss(scored.gold_lprobs, target, d.pad())
+            out[name] = (loss, grads(model, loss), scored)
+    assert result.violation.sum() > 0 and result.reset.any()
+    segment = torch.zeros_like(result.violation)  # the steps the loss reads violating scores at
+    for b, t in result.violations().tolist():
+        segment[b, result.segment_start[b, t] if score == "log_softmax" else t: t + 1] = True
+    (lp, gp, sp), (li, gi, si) = out["parallel"], out["incremental"]
+    rel = 1e-5 if decoder == "transformer" else 1e-9  # fairseq's attention softmax runs in float32
+    gold_steps = target.ne(d.pad())
+    for what, got, want in (("gold", sp.gold[gold_steps], si.gold[gold_steps]),
+                            ("violating", sp.violating[segment], si.violating[segment])):
+        diff = (got - want).abs().max().item()
+        assert diff <= rel * max(want.abs().max().item(), 1.0), f"{what}: parallel vs incremental {diff:.3e}"
+    assert_loss_equal(lp, li, rel=rel)
+    assert_grads_equal(gp, gi, rel=rel)

@@ -18,17 +18,39 @@ ranked by the step-t logits alone.  At step t:
 Two passes, so that the backward cost does not grow with K:
 
 1. :func:`bso_search` runs the search without autograd over all B·K beam rows at
-   once.  The gold prefix is always on the beam (it either never fell off or the
-   beam was just reset to it), so no separate gold row is searched: a reset is a
-   beam reorder in which every row of the sentence copies the gold row, followed
-   by the gold token.  It records the violation steps, the resets, Δ, and the
-   tokens of the violating path.
-2. :func:`rescore` runs the decoder under autograd on 2·B rows only: the gold
-   path and the violating path.  At a reset the violating row's decoder state is
-   spliced from the gold row (``reorder_incremental_state`` with a repeated row,
-   which works for any fairseq incremental decoder), so the gradient of the next
-   violating segment flows into the gold path.  Only the two logits the loss
-   uses are computed (rows of the output projection), never a softmax.
+   once, every step (dead slots are computed and masked to −inf rather than
+   compacted away, so that the loop never reads a tensor back to the host: the
+   number of host-device synchronizations of a batch does not grow with T).  The
+   gold prefix is always on the beam (it either never fell off or the beam was just
+   reset to it), so no separate gold row is searched: a reset is a beam reorder in
+   which every row of the sentence copies the gold row, followed by the gold token.
+   It records the violation steps, the resets, Δ, and the tokens of the violating
+   path.  The loop body is Algorithm 1's steps as named functions over a
+   :class:`BeamState`: :func:`score_candidates`, :func:`rank_candidates`,
+   :func:`pick_rival`, :func:`check_violation` (with the learning-to-stop step),
+   :func:`next_beam`.
+2. :func:`rescore` scores, under autograd, the gold path and the violating paths in one of
+   two ways that give the same scores (:data:`RESCORE_MODES`):
+
+   * *one teacher-forced parallel pass* (:func:`rescore_parallel`): one row per sentence for
+     the gold, one row per violation (the gold prefix up to the segment's start, then the
+     beam's continuation up to the violation step), ``extract_features`` over whole rows: an
+     autoregressive decoder's score of y_t depends on the prefix only, so the pass gives
+     exactly the scores the search computed incrementally;
+   * *T incremental steps over 2·B rows* (:func:`rescore_incremental`): the gold row and one
+     violating row per sentence, whose decoder state is spliced from the gold row after each
+     reset (``reorder_incremental_state`` at every step, so that no reset is read back).
+
+   ``auto`` (the criterion's) takes the parallel pass when the batch has at most B
+   violations, so its rows never exceed the incremental pass's 2·B, and the incremental
+   steps otherwise.  Saved-for-backward memory: the parallel pass's is one teacher-forced
+   pass over B + N rows; the incremental one's is linear in T for the LSTM but grows with T²
+   for the Transformer (each step saves its cached keys and values again).  So a batch with
+   more violations than sentences (typical of an untrained model, rare once the gold mostly
+   stays on the beam) still costs O(T²) with a Transformer: the O(T) goal of issue 26 item 3
+   holds only for batches with at most B violations.  Only the logits the loss uses are
+   computed (rows of the output projection) with the ``logit`` score; the ``log_softmax``
+   score needs the full output layer at the gold's positions and at the violating segments'.
 
 Learning to stop (optional, ``stop=True``; after Ma, Zheng and Huang, NAACL 2019).  The
 paper's search treats ``</s>`` as an ordinary token and never compares hypotheses of
@@ -36,20 +58,29 @@ different lengths, while a decoder that finalizes at ``</s>`` (fairseq's generat
 ``--bso-decoding``) picks the best finished hypothesis across lengths.  With ``stop`` the
 training search does what the generator does, as a named step (:func:`best_finished`):
 
-* at a step t before the gold's last step, an item ending in ``</s>`` that ranks in the top K
+* at step 0 no hypothesis finishes: the empty hypothesis ``</s>`` is neither a finished rival nor
+  a beam item (fairseq's generator forbids ``</s>`` at step 0, ``--min-len`` 1), unless the gold
+  itself is the one-token ``</s>``;
+* at a step t ≥ 1 before the gold's last step, an item ending in ``</s>`` that ranks in the top K
   of the step's candidates *finishes*: it leaves the beam, and the beam holds the top K
   unfinished items (the generator keeps K active hypotheses the same way); the margin check
   at t still compares the gold with the K-th of *all* the step's candidates, finishing ones
   included (in fairseq's generator K finished hypotheses end the search, so one that finishes
   above the gold competes with it at its step, as in the paper's search);
 * the decoder will compare a finished hypothesis with the gold's *final* score, so that is
-  what training compares it with, at the step where it finishes: the best hypothesis ŷ
-  finishing at t is a violation when f_t(ŷ) + 1 > f_T(y), with f_T(y) the gold's score at its
-  last step T (:func:`gold_final_scores`, a teacher-forced pass over the gold before the
-  search: the gold path does not depend on the beam).  Its loss term is
-  Δ·[1 − f_T(y) + f_t(ŷ)]; with the ``log_softmax`` score both sides are summed from the
-  segment's start (the gold to T, ŷ to t); Δ compares ŷ's segment (to t) with the gold's (to
-  T).  Like any violation it resets the beam to the gold prefix y_{1:t} (so each violating
+  what training compares it with, at the step where it finishes, *as the decoder ranks
+  finished hypotheses*: the best hypothesis ŷ finishing at t is a violation when
+  g(ŷ) + 1 > g(y), with g the decoder's ranking score of a finished hypothesis and y the whole
+  gold (:func:`gold_final_scores`, a teacher-forced pass over the gold before the search: the
+  gold path does not depend on the beam).  With ``logit`` (decoded by ``--bso-decoding``,
+  which does not normalize), g is the raw logit of the final ``</s>``, f_T(y) and f_t(ŷ).  With
+  ``log_softmax`` (decoded by fairseq's standard beam, which ranks finished hypotheses by
+  ``S / len^lenpen``, len counting the ``</s>``), g(ŷ) = S(ŷ_{1:t+1}) / (t+1)^α and
+  g(y) = S(y_{1:T}) / T^α with α = ``lenpen`` (``--bso-lenpen``, set it to the ``--lenpen`` you
+  decode with; fairseq's default is 1).  Normalized scores of different lengths do not share
+  the gold prefix's terms, so the whole sums enter the loss term Δ·[1 − g(y) + g(ŷ)] (the
+  gradient reaches the shared gold prefix too).  Δ compares ŷ's segment (to t) with the
+  gold's (to T).  Like any violation it resets the beam to the gold prefix y_{1:t} (so each violating
   segment keeps a single path).  When step t also has an ordinary violation, the one with the
   larger rival-minus-gold gap is the step's violation (the ordinary one on a tie);
 * at the gold's last step the rival is the paper's best incorrect item.
@@ -58,7 +89,8 @@ training search does what the generator does, as a named step (:func:`best_finis
   decoding; this step changes training only (``--bso-decoding`` is fairseq's generator: it
   stops when K hypotheses have finished and returns the best f(``</s>``); fairseq's standard
   beam, used with the ``log_softmax`` score, compares finished hypotheses by length-normalized
-  scores, which this step does not model).  Their loss penalizes suboptimal finished
+  scores, which this step models as above).  Their monotone score (which makes an optimal
+  stopping rule exact) is not implemented.  Their loss penalizes suboptimal finished
   candidates found by the training beam; this step takes the single best one of each step.
   Hypotheses longer than the gold are never compared (the search stops with the gold).
 * History, on translation with raw logits (``benchmarks/results/translation.json``, row
@@ -72,7 +104,8 @@ training search does what the generator does, as a named step (:func:`best_finis
   ``</s>`` becomes the argmax off the gold.  Hence the check above ranks finishing items too.
 
 Ties and dead rows: a beam slot without a valid item (the first step, right after
-a reset, or when fewer than K successors exist, e.g. K ≥ vocabulary) scores −inf;
+a reset, or when fewer than K successors exist, e.g. K ≥ vocabulary) scores −inf
+(its row is still computed, then masked);
 a −inf rival never causes a violation.  ``</s>`` is an ordinary token during the
 training search (every beam item is a length-t prefix at step t, as in the
 paper); ``<pad>`` and ``<s>`` are never candidates.
@@ -117,13 +150,21 @@ class SearchResult:
     reset: Tensor  # bool: beam reset to the gold prefix after step t (violation before the last step)
     delta: Tensor  # float: Δ at violation steps, 0 elsewhere
     violating_tokens: Tensor  # long: the violating path's token at each step (gold outside violating segments)
-    gold_scores: Tensor  # float: f(y_t) during the search
-    rival_scores: Tensor  # float: f(ŷ^(K)_t), or the best incorrect at the last step
+    gold_scores: Tensor  # float: the gold's compared score (f(y_t); a finished rival's: g(y), see the module doc)
+    rival_scores: Tensor  # float: f(ŷ^(K)_t), the best incorrect at the last step, or a finished rival's g(ŷ)
     beam_size: int
     segment_start: Tensor = None  # long: first step of the segment that step t belongs to (after the last reset)
     score: str = "logit"  # the score f the search ranked by (see SCORES)
     gold_step: Tensor = None  # long: the step of the gold score step t compares with (t; T for a finished rival);
     # bso_search always sets it (the default only keeps the dataclass's field order)
+    lenpen: float = 1.0  # α of a finished rival's length normalization (log_softmax with learning to stop)
+    violation_index: Tensor = None  # (N, 2) long: the (b, t) of every violation, ``violation.nonzero()``
+
+    def violations(self) -> Tensor:
+        """(N, 2): the (sentence, step) of every violation (read back once per batch)."""
+        if self.violation_index is None:
+            self.violation_index = self.violation.nonzero()
+        return self.violation_index
 
 
 #: Decoder dropout during the two passes:
@@ -166,11 +207,12 @@ def deterministic_decoder(decoder: nn.Module):
 class SharedDropout:
     """The ``dropout="shared"`` step: decoder dropout masks shared by the search and the re-scoring.
 
-    Each of the decoder's dropout modules (fairseq's ``FairseqDropout``), at decoder step t and
-    its c-th dropout call within the step, applies one mask per *sentence*, drawn the first time
+    Each of the decoder's dropout modules (fairseq's ``FairseqDropout``), at decoder position t and
+    its c-th dropout call for that position, applies one mask per *sentence*, drawn the first time
     (sentence, t, c) comes up and reused whenever it comes back.  All beam rows of a sentence at
-    step t share the mask, in the search (its live rows) and in the re-scoring (the gold and the
-    violating row), so both passes compute the same scores, as they must.  This is the scheme of
+    step t share the mask, in the search (its beam rows, one incremental step at a time) and in
+    the re-scoring (the gold and the violating rows, in one teacher-forced pass over all
+    positions), so both passes compute the same scores, as they must.  This is the scheme of
     the authors' Lua code (``SynchedDropout.lua``, ``bso_train.lua``): one noise tensor per
     (time step, layer) and batch row, drawn once per minibatch, which the gold pass, the beam
     (each beam row of a sentence uses its sentence's noise) and the re-run violating pass all
@@ -179,9 +221,16 @@ class SharedDropout:
     attention output, ``additional_fc``).  Masks are ``bernoulli(1 − p) / (1 − p)`` from torch's
     global generator (fairseq seeds it per update), so the decoder sees ordinary inverted dropout.
 
-    Supported decoders: fairseq's ``LSTMDecoder`` (its dropout inputs are batch-first at every
-    incremental step).  The Transformer's attention dropout acts on (rows × heads, …) tensors,
-    which this step does not map to sentences: it is refused with a clear error.
+    Call numbering c of position t (fairseq's ``LSTMDecoder`` order): 0 the input embedding
+    (``dropout_in_module``), 1..n the n layers' outputs, n + 1 the attention output, n + 2
+    ``additional_fc``'s output (``dropout_out_module``).  An incremental step makes these calls
+    for one position; a teacher-forced pass makes call 0 for all L positions at once, then
+    calls 1..n + 1 position by position, then call n + 2 for all positions at once
+    (:meth:`begin_pass`): masks are cut and concatenated accordingly.
+
+    Supported decoders: fairseq's ``LSTMDecoder`` (its dropout inputs are batch-first).  The
+    Transformer's attention dropout acts on (rows × heads, …) tensors, which this step does not
+    map to sentences: it is refused with a clear error.
     """
 
     def __init__(self, decoder: nn.Module, n_sentences: int):
@@ -193,29 +242,61 @@ class SharedDropout:
                              f"{type(decoder).__name__} is not one: use --bso-dropout off")
         self.decoder = decoder
         self.modules = [m for m in decoder.modules() if isinstance(m, FairseqDropout) and m.p > 0]
+        self.input_module = decoder.dropout_in_module
+        self.n_layers = len(decoder.layers)
         self.n_sentences = n_sentences
         self.masks: dict = {}
         self.step = 0
-        self.call = 0
+        self.out_calls = 0
+        self.length: Optional[int] = None  # positions of a teacher-forced pass; None: one incremental step
         self.row_sentence: Optional[Tensor] = None
 
     def begin_step(self, step: int, row_sentence: Tensor) -> None:
-        """Decoder step ``step`` runs rows that belong to the sentences ``row_sentence``."""
-        self.step, self.call, self.row_sentence = step, 0, row_sentence
+        """Incremental decoder step ``step`` runs rows that belong to the sentences ``row_sentence``."""
+        self.step, self.out_calls, self.length, self.row_sentence = step, 0, None, row_sentence
 
-    def mask(self, key, p: float, like: Tensor) -> Tensor:
-        """The (n_sentences, …) mask of ``key`` = (step, call), drawn on first use."""
+    def begin_pass(self, length: int, row_sentence: Tensor) -> None:
+        """A teacher-forced pass over positions 0..length-1 of rows of the sentences ``row_sentence``."""
+        self.step, self.out_calls, self.length, self.row_sentence = 0, 0, length, row_sentence
+
+    def mask(self, key, p: float, tail) -> Tensor:
+        """The (n_sentences, *tail) mask of ``key`` = (position, call), drawn on first use."""
         mask = self.masks.get(key)
         if mask is None:
             keep = 1.0 - p
-            mask = like.new_empty((self.n_sentences,) + tuple(like.shape[1:])).bernoulli_(keep).div_(keep)
+            ref = self.decoder.embed_tokens.weight
+            mask = ref.new_empty((self.n_sentences,) + tuple(tail)).bernoulli_(keep).div_(keep)
             self.masks[key] = mask
         return mask
 
+    def position_masks(self, call: int, p: float, x: Tensor) -> Tensor:
+        """(n_sentences, L, D): the masks of ``call`` at positions 0..L-1, side by side (a pass's
+        call over all positions at once, x (rows, L, D))."""
+        return torch.cat([self.mask((j, call), p, (1, x.size(2))) for j in range(self.length)], 1)
+
     def apply(self, module, x: Tensor, inplace: bool = False) -> Tensor:
-        key = (self.step, self.call)
-        self.call += 1
-        mask = self.mask(key, module.p, x)
+        if self.length is None:  # one incremental step: position self.step
+            if module is self.input_module:
+                call = 0
+            else:
+                self.out_calls += 1
+                call = self.out_calls
+            key = (self.step, call)
+            mask = self.mask(key, module.p, x.shape[1:])
+        elif module is self.input_module:  # a pass: every position's input embedding
+            key = ("pass", 0)
+            mask = self.position_masks(0, module.p, x)
+        else:
+            q = self.out_calls
+            self.out_calls += 1
+            per_position = self.n_layers + 1
+            if q < self.length * per_position:  # position j's layer outputs and attention output
+                j, c = divmod(q, per_position)
+                key = (j, 1 + c)
+                mask = self.mask(key, module.p, x.shape[1:])
+            else:  # additional_fc's output, every position
+                key = ("pass", self.n_layers + 2)
+                mask = self.position_masks(self.n_layers + 2, module.p, x)
         if mask.shape[1:] != x.shape[1:] or x.size(0) != self.row_sentence.numel():
             raise RuntimeError(f"shared dropout: call {key} got a {tuple(x.shape)} input for "
                                f"{self.row_sentence.numel()} rows, mask {tuple(mask.shape)}")
@@ -254,229 +335,309 @@ def upcast(x: Tensor) -> Tensor:
     return x.float() if x.dtype in (torch.float16, torch.bfloat16) else x
 
 
+def teacher_forced_features(decoder, encoder_out, tokens: Tensor, eos: int,
+                            dropout: Optional[SharedDropout] = None, row_sentence: Optional[Tensor] = None) -> Tensor:
+    """The decoder's features (N, L, D) at every position of the rows ``tokens`` (N, L), in one
+    teacher-forced pass (inputs ``</s>`` then the row's previous tokens); with ``dropout`` the
+    rows use the masks of their sentences ``row_sentence``."""
+    prev = torch.cat([tokens.new_full((tokens.size(0), 1), eos), tokens[:, :-1]], 1)
+    if dropout is not None:
+        dropout.begin_pass(tokens.size(1), row_sentence)
+    return decoder.extract_features(prev, encoder_out=encoder_out)[0]
+
+
+def token_scores(decoder, features: Tensor, tokens: Tensor, log_softmax: bool) -> Tensor:
+    """The score of each token given its features, (N,) from (N, D) and (N,): its raw logit (rows
+    of the output projection only) or its log-probability (the full output layer)."""
+    if log_softmax:
+        lprobs = torch.log_softmax(upcast(decoder.output_layer(features)), dim=-1)
+        return lprobs.gather(1, tokens.unsqueeze(1)).squeeze(1)
+    return upcast(gathered_logits(decoder, features, tokens))
+
+
+# -- the search: Algorithm 1's steps -------------------------------------------------------------------------------
+
+@dataclass
+class SearchContext:
+    """What stays fixed during a batch's search.  Rows are beam slots r = b·K + k (B·K rows)."""
+
+    decoder: nn.Module
+    encoder_out: object  # the encoder's output, each sentence repeated K times
+    target: Tensor  # (B, T)
+    last_step: Tensor  # (B,) the gold's last step
+    K: int
+    eos: int
+    special: Tensor  # tokens never proposed: <pad>, <s>
+    margin: float
+    cumulative: bool  # the log_softmax score
+    gold_kth: str
+    stop: bool
+    lenpen: float
+    constraint: object
+    dropout: Optional[SharedDropout]
+    sentence: Tensor  # (B,) arange
+    row_sentence: Tensor  # (B·K,) the sentence of each row
+    only_first: Tensor  # (B, K) bool: slot 0 alone
+    gold_final: Optional[Tensor]  # (B,) g(y) of the whole gold (learning to stop), else None
+
+
+@dataclass
+class BeamState:
+    """The beam between two steps (one entry per row b·K + k, or per sentence b)."""
+
+    prev_token: Tensor  # (B·K,) the last token of each slot's prefix (what the decoder reads next)
+    live: Tensor  # (B, K) bool: the slot holds an item
+    prefix_score: Tensor  # (B·K,) S of each slot's prefix (log_softmax score; zeros otherwise)
+    gold_slot: Tensor  # (B,) the slot holding the gold prefix
+    segment_start: Tensor  # (B,) first step after the last reset
+    constraint_state: object
+    incremental_state: dict
+
+
+@dataclass
+class Ranked:
+    """A step's candidates ranked (B, K each, best first)."""
+
+    top_scores: Tensor  # the next beam's candidates: the top K unfinished items
+    top_idx: Tensor  # their items, slot · V + token
+    ranked_scores: Tensor  # the top K the margin check ranks the gold in (finishing items included)
+    ranked_idx: Tensor
+    finished_score: Optional[Tensor]  # (B,) learning to stop: the best item finishing at this step (−inf: none)
+    finished_item: Optional[Tensor]
+
+
+def score_candidates(ctx: SearchContext, st: BeamState, t: int):
+    """Step 1, score the candidates: f of every successor of every slot, (B·K, V), −inf for dead
+    slots, ``<pad>``, ``<s>`` and tokens the constraint forbids.  With learning to stop, ``</s>``
+    before the gold's last step is no beam candidate: its scores are returned apart, (B·K,),
+    as the finished hypotheses of this step (none at step 0: the empty hypothesis)."""
+    prev = st.prev_token.unsqueeze(1).expand(-1, t + 1)  # incremental decoders read the last token only
+    if ctx.dropout is not None:
+        ctx.dropout.begin_step(t, ctx.row_sentence)
+    with record_function("bso.search.decoder"):
+        out = ctx.decoder(prev, encoder_out=ctx.encoder_out, incremental_state=st.incremental_state)[0]
+    scores = upcast(out[:, -1, :])
+    if ctx.cumulative:  # S(prefix + w) = S(prefix) + log p(w | prefix)
+        scores = torch.log_softmax(scores, dim=-1)
+        if st.prefix_score is not None:  # (None at step 0: the empty prefix)
+            scores = scores + st.prefix_score.unsqueeze(1)
+    scores = scores.index_fill_(1, ctx.special, NEG_INF)
+    scores.masked_fill_(~st.live.view(-1, 1), NEG_INF)
+    if ctx.constraint is not None:
+        with record_function("bso.search.constraint_mask"):
+            scores = ctx.constraint.apply_(scores, st.constraint_state)
+    row_eos = None
+    if ctx.stop:
+        going_on = (t < ctx.last_step).repeat_interleave(ctx.K)
+        row_eos = scores[:, ctx.eos].masked_fill(~going_on, NEG_INF)
+        if t == 0:  # fairseq's generator never finishes the empty hypothesis
+            row_eos.fill_(NEG_INF)
+        scores[:, ctx.eos].masked_fill_(going_on, NEG_INF)
+    return scores, row_eos
+
+
+def rank_candidates(ctx: SearchContext, scores: Tensor, row_eos: Optional[Tensor]) -> Ranked:
+    """Step 2, rank: the top K of a sentence's K·V successors are the top K of its rows' own top k
+    (no (B, K·V) tensor); with learning to stop, the finishing items that rank among all the
+    step's candidates (:func:`best_finished`)."""
+    B, K = ctx.sentence.numel(), ctx.K
+    V = scores.size(1)
+    row_top, row_token = scores.topk(min(K, V), dim=1)
+    slot = torch.arange(K, device=scores.device).repeat(B)
+    candidates = row_top.view(B, -1)
+    candidate_idx = (row_token + (slot * V).unsqueeze(1)).view(B, -1)
+    top_scores, top_pos = candidates.topk(K, dim=1)  # sorted, best first
+    top_idx = candidate_idx.gather(1, top_pos)
+    if not ctx.stop:
+        return Ranked(top_scores, top_idx, top_scores, top_idx, None, None)
+    finished_score, finished_item, ranked_scores, ranked_idx = best_finished(row_eos, top_scores, top_idx, V, ctx.eos)
+    return Ranked(top_scores, top_idx, ranked_scores, ranked_idx, finished_score, finished_item)
+
+
+def pick_rival(ctx: SearchContext, ranked: Ranked, gold_idx: Tensor, t: int):
+    """Step 3, the rival: ŷ^(K) before the gold's last step (the (K−1)-th when the gold is K-th and
+    ``gold_kth="previous"``); the best incorrect item at the last step.  (B,) score and item."""
+    final = t == ctx.last_step
+    best_incorrect = (ranked.ranked_idx[:, 0] == gold_idx).long()
+    kth = torch.full_like(best_incorrect, ctx.K - 1)
+    if ctx.gold_kth == "previous":
+        kth = kth - (ranked.ranked_idx[:, ctx.K - 1] == gold_idx).long()
+    pos = torch.where(final, best_incorrect, kth).unsqueeze(1)
+    return ranked.ranked_scores.gather(1, pos).squeeze(1), ranked.ranked_idx.gather(1, pos).squeeze(1)
+
+
+def check_violation(ctx: SearchContext, t: int, gold_score: Tensor, rival_score: Tensor, rival_item: Tensor,
+                    ranked: Ranked):
+    """Step 4, violation (and learning to stop): the gold does not beat the rival by the margin.
+    With learning to stop, the best hypothesis finishing at t is a violation when its ranking
+    score g(ŷ) comes within the margin of the whole gold's g(y); when the step has both, the
+    larger rival-minus-gold gap is the step's violation (the ordinary one on a tie).
+    Returns (violated, compared gold score, rival score, rival item, gold step), (B,) each."""
+    active = t <= ctx.last_step
+    violated = active & (gold_score < rival_score + ctx.margin)
+    gold_step = torch.full_like(ctx.last_step, t)
+    if not ctx.stop:
+        return violated, gold_score, rival_score, rival_item, gold_step
+    finished = ranked.finished_score
+    if ctx.cumulative:  # fairseq's standard beam ranks a finished hypothesis by S / len^lenpen
+        finished = finished / float(t + 1) ** ctx.lenpen
+    finished_violated = finished + ctx.margin > ctx.gold_final  # −inf (none) never is
+    use_finished = finished_violated & (~violated | (finished - ctx.gold_final > rival_score - gold_score))
+    return (violated | finished_violated, torch.where(use_finished, ctx.gold_final, gold_score),
+            torch.where(use_finished, finished, rival_score), torch.where(use_finished, ranked.finished_item, rival_item),
+            torch.where(use_finished, ctx.last_step, gold_step))
+
+
+def next_beam(ctx: SearchContext, st: BeamState, t: int, ranked: Ranked, gold_idx: Tensor, gold_score: Tensor,
+              do_reset: Tensor, V: int):
+    """Step 5, the next beam: the top K, or after a violation the reset to the gold prefix y_{1:t}
+    (LaSO).  Updates ``st``, reorders the decoder's and the constraint's state to the new slots'
+    parents, and returns the back-pointers (B, K): each slot's parent slot and token."""
+    K = ctx.K
+    reset_col = do_reset.unsqueeze(1)
+    next_slot = torch.div(ranked.top_idx, V, rounding_mode="floor")
+    next_token = ranked.top_idx - next_slot * V
+    gold_in_top = (ranked.top_idx == gold_idx.unsqueeze(1)).long().argmax(1)
+    next_slot = torch.where(reset_col, st.gold_slot.unsqueeze(1), next_slot)
+    next_token = torch.where(reset_col, ctx.target[:, t: t + 1], next_token)
+    live = torch.where(reset_col, ctx.only_first, ranked.top_scores > NEG_INF)
+    st.live = live & (t + 1 <= ctx.last_step).unsqueeze(1)  # a sentence whose gold has ended leaves the search
+    st.gold_slot = torch.where(do_reset, torch.zeros_like(st.gold_slot), gold_in_top)
+    st.segment_start = torch.where(do_reset, torch.full_like(st.segment_start, t + 1), st.segment_start)
+    if ctx.cumulative:  # the new items' prefix scores; after a reset the gold prefix's
+        st.prefix_score = torch.where(reset_col, gold_score.unsqueeze(1), ranked.top_scores).reshape(-1)
+    parent_row = (ctx.sentence.unsqueeze(1) * K + next_slot).view(-1)
+    st.prev_token = next_token.reshape(-1)
+    with record_function("bso.search.reorder"):
+        ctx.decoder.reorder_incremental_state_scripting(st.incremental_state, parent_row)
+        if ctx.constraint is not None:
+            st.constraint_state = ctx.constraint.step(ctx.constraint.reorder(st.constraint_state, parent_row),
+                                                      st.prev_token)
+    return next_slot, next_token
+
+
 @torch.no_grad()
-def bso_search(
-    model,
-    encoder_out,
-    target: Tensor,
-    beam_size: int,
-    pad: int,
-    eos: int,
-    bos: int,
-    cost: Callable[[Tensor, Tensor, Tensor], Tensor],
-    margin: float = 1.0,
-    constraint=None,
-    src_tokens: Optional[Tensor] = None,
-    score: str = "logit",
-    gold_kth: str = "self",
-    stop: bool = False,
-    dropout: Optional[SharedDropout] = None,
-) -> SearchResult:
+def bso_search(model, encoder_out, target: Tensor, beam_size: int, pad: int, eos: int, bos: int,
+               cost: Callable[..., Tensor], *, score: str, gold_kth: str, margin: float = 1.0, stop: bool = False,
+               lenpen: float = 1.0, dropout: Optional[SharedDropout] = None, constraint=None,
+               src_tokens: Optional[Tensor] = None) -> SearchResult:
     """Algorithm 1's forward pass for a batch: ``target`` is (B, T), right-padded, ending in ``</s>``.
 
-    ``score`` (see :data:`SCORES`), ``gold_kth`` (see :data:`GOLD_KTH`) and ``stop`` (the
-    learning-to-stop step, :func:`best_finished`) select the levers; ``dropout`` is the
-    :class:`SharedDropout` bank when the decoder runs with shared dropout masks.
+    The levers are keyword-only: ``score`` (see :data:`SCORES`) and ``gold_kth`` (see
+    :data:`GOLD_KTH`) have no default (the CLI's defaults are ``log_softmax`` and ``previous``);
+    ``margin`` (1, the paper's and the criterion's), ``stop`` (the learning-to-stop step; off),
+    ``lenpen`` (α of its length normalization with ``log_softmax``; fairseq's default 1) and
+    ``dropout`` (the :class:`SharedDropout` bank, None: the decoder's dropout is off) default to
+    the CLI's values.
 
-    Only the *live* beam items are run through the decoder: one row per sentence
-    at the first step and right after a reset (every slot would hold the same gold
-    prefix), none once a sentence's gold has ended, and at most K otherwise.  The
-    decoder state, the encoder output and the constraint state follow the live rows
-    (``reorder`` with the parent row of each new item).  The search keeps no token
-    history: each beam slot records its parent slot and its token (back-pointers),
-    and the violating paths are read back from them after the search.
+    All B·K slots are run through the decoder at every step, the dead ones masked to −inf (a
+    fixed shape: no read-back of the number of live items).  The encoder output is repeated K
+    times per sentence once; the decoder state and the constraint state follow the slots
+    (``reorder`` with the parent row of each new item).  The search keeps no token history:
+    each beam slot records its parent slot and its token (back-pointers), and the violating
+    paths are read back from them after the search.  Host reads: one (the violation index), plus
+    one with ``stop`` (the internal-``</s>`` check).
     """
-    decoder = model.decoder
-    B, T = target.shape
-    K = beam_size
-    device = target.device
-    lengths = target.ne(pad).sum(1)
-    last_step = lengths - 1
-    sentence = torch.arange(B, device=device)
-
-    # the rows computed at this step: beam slot b*K + k of each live item (step 0: the empty prefix)
-    row_slot = sentence * K
-    enc = encoder_out
-    incremental_state: dict = {}
-    prev_token = target.new_full((B,), eos)  # fairseq decoders start from </s>
-    only_first = torch.zeros(B, K, dtype=torch.bool, device=device)
-    only_first[:, 0] = True
-    gold_slot = target.new_zeros(B)  # beam slot holding the gold prefix
-    segment_start = target.new_zeros(B)  # first step after the last reset
-    state = constraint.initial_state(src_tokens, 1) if constraint is not None else None
     if score not in SCORES:
         raise ValueError(f"score must be one of {SCORES}, got {score!r}")
     if gold_kth not in GOLD_KTH:
         raise ValueError(f"gold_kth must be one of {GOLD_KTH}, got {gold_kth!r}")
+    decoder = model.decoder
+    B, T = target.shape
+    K = beam_size
+    device = target.device
+    last_step = target.ne(pad).sum(1) - 1
+    sentence = torch.arange(B, device=device)
     cumulative = score == "log_softmax"
-    row_prefix_score = None  # log_softmax: each row's prefix score S(ŷ_{1:t-1})
+    gold_final = None
     if stop:
         internal_eos = target.eq(eos) & (torch.arange(T, device=device) < last_step.unsqueeze(1))
         if internal_eos.any():
             b = int(internal_eos.any(1).nonzero()[0])
             raise ValueError(f"the learning-to-stop step needs targets whose only </s> is the last token; "
                              f"target row {b} has an internal </s> (a literal '</s>' word in the data?)")
-        gold_final = gold_final_scores(model, encoder_out, target, last_step, eos, cumulative, dropout)
+        gold_final = gold_final_scores(model, encoder_out, target, last_step, eos, cumulative, dropout, lenpen)
+    row_sentence = sentence.repeat_interleave(K)
+    only_first = torch.zeros(B, K, dtype=torch.bool, device=device)
+    only_first[:, 0] = True
+    ctx = SearchContext(decoder, model.encoder.reorder_encoder_out(encoder_out, row_sentence), target, last_step, K,
+                        eos, torch.tensor([pad, bos], device=device), margin, cumulative, gold_kth, stop, lenpen,
+                        constraint, dropout, sentence, row_sentence, only_first, gold_final)
+    st = BeamState(prev_token=target.new_full((B * K,), eos),  # fairseq decoders start from </s>
+                   live=only_first.clone(), prefix_score=None, gold_slot=target.new_zeros(B),
+                   segment_start=target.new_zeros(B),
+                   constraint_state=constraint.initial_state(src_tokens, K) if constraint is not None else None,
+                   incremental_state={})
 
     back_slot = target.new_zeros(B, T, K)  # parent slot (at t-1) of the item in slot k after step t
     back_token = target.new_zeros(B, T, K)  # its last token
     rival_item = target.new_zeros(B, T)  # the rival's index slot * V + token at its last step
-    gold_step = torch.arange(T, device=device).repeat(B, 1)  # the step of the gold score each step compares with
+    gold_step = target.new_zeros(B, T)  # the step of the gold score each step compares with
     seg_start = target.new_zeros(B, T)  # segment_start at step t
     violation = torch.zeros(B, T, dtype=torch.bool, device=device)
     reset = torch.zeros_like(violation)
     gold_scores = rival_scores = None
-    special = None
-    V = None
 
     for t in range(T):  # the longest gold ends at T - 1, so some row is live at every step
-        n_rows = row_slot.numel()
-        # incremental decoders read the last token (and the prefix length): no history needed
-        prev = prev_token.unsqueeze(1).expand(n_rows, t + 1)
-        if dropout is not None:
-            dropout.begin_step(t, torch.div(row_slot, K, rounding_mode="floor"))
-        with record_function("bso.search.decoder"):
-            logits = upcast(decoder(prev, encoder_out=enc, incremental_state=incremental_state)[0][:, -1, :])
-        if special is None:
-            V = logits.size(1)
-            special = torch.tensor([pad, bos], device=device)
-            gold_scores = torch.zeros(B, T, dtype=logits.dtype, device=device)
+        scores, row_eos = score_candidates(ctx, st, t)
+        V = scores.size(1)
+        if gold_scores is None:
+            gold_scores = scores.new_zeros(B, T)
             rival_scores = torch.zeros_like(gold_scores)
-            row_prefix_score = logits.new_zeros(n_rows)
-        if cumulative:  # step 1 of the score: S(prefix + w) = S(prefix) + log p(w | prefix)
-            logits = torch.log_softmax(logits, dim=-1) + row_prefix_score.unsqueeze(1)
-        row_scores = logits.index_fill_(1, special, NEG_INF)  # <pad> and <s> are never candidates
-        if constraint is not None:
-            with record_function("bso.search.constraint_mask"):
-                row_scores = constraint.apply_(row_scores, state)
-        if stop:  # </s> before the gold's last step finishes a hypothesis: not a beam candidate
-            going_on = (t < last_step).index_select(0, torch.div(row_slot, K, rounding_mode="floor"))
-            row_eos = row_scores[:, eos].masked_fill(~going_on, NEG_INF)
-            row_scores[:, eos].masked_fill_(going_on, NEG_INF)
-
-        # The top K of a sentence's K·V successors are the top K of its rows' own top k:
-        # no (B·K, V) score tensor.  top_idx is the flat index slot * V + token.
-        k = min(K, V)
-        row_top, row_token = row_scores.topk(k, dim=1)
-        slot_row = row_slot.new_full((B * K,), -1)  # slot -> computed row, -1 for a dead slot
-        slot_row[row_slot] = torch.arange(n_rows, device=device)
-        candidates = row_top.new_full((B * K, k), NEG_INF).index_copy_(0, row_slot, row_top).view(B, K * k)
-        candidate_idx = row_token.new_zeros((B * K, k)).index_copy_(
-            0, row_slot, row_token + (row_slot % K).unsqueeze(1) * V).view(B, K * k)
-        top_scores, top_pos = candidates.topk(K, dim=1)  # sorted, best first
-        top_idx = candidate_idx.gather(1, top_pos)
-        gold_idx = gold_slot * V + target[:, t]
-        gold_row = slot_row[sentence * K + gold_slot]
-        gold_score = row_scores[gold_row.clamp(min=0), target[:, t]]
-        gold_score = gold_score.masked_fill(gold_row < 0, NEG_INF)  # a sentence whose gold has ended
-        ranked_scores, ranked_idx = top_scores, top_idx  # the top K the margin check ranks the gold in
-        if stop:  # finishing items leave the beam but still rank (they are the step's candidates too)
-            finished_score, finished_item, ranked_scores, ranked_idx = best_finished(row_eos, row_slot, top_scores,
-                                                                                     top_idx, V, eos)
-
-        # The rival: ŷ^(K) before the last step; the best incorrect item at the last step.
-        final = t == last_step
-        best_incorrect = (ranked_idx[:, 0] == gold_idx).long()
-        kth = torch.full_like(best_incorrect, K - 1)
-        if gold_kth == "previous":  # the gold is the K-th item: the rival is the (K-1)-th instead of itself
-            kth = kth - (ranked_idx[:, K - 1] == gold_idx).long()
-        rival_pos = torch.where(final, best_incorrect, kth)
-        rival_score = ranked_scores.gather(1, rival_pos.unsqueeze(1)).squeeze(1)
-        rival_item[:, t] = ranked_idx.gather(1, rival_pos.unsqueeze(1)).squeeze(1)
-        active = t <= last_step
-        violated = active & (gold_score < rival_score + margin)
-        compared_gold = gold_score
-        if stop:  # a finished hypothesis within the margin of the gold's final score is a violation
-            finished_violated = finished_score + margin > gold_final  # −inf (none) never is
-            use_finished = finished_violated & (~violated | (finished_score - gold_final > rival_score - gold_score))
-            rival_score = torch.where(use_finished, finished_score, rival_score)
-            compared_gold = torch.where(use_finished, gold_final, gold_score)
-            rival_item[:, t] = torch.where(use_finished, finished_item, rival_item[:, t])
-            gold_step[:, t] = torch.where(use_finished, last_step, gold_step[:, t])
-            violated = violated | finished_violated
-
+        ranked = rank_candidates(ctx, scores, row_eos)
+        gold_idx = st.gold_slot * V + target[:, t]
+        gold_score = scores[sentence * K + st.gold_slot, target[:, t]]  # −inf once the gold has ended
+        rival_score, rival_item[:, t] = pick_rival(ctx, ranked, gold_idx, t)
+        violated, gold_scores[:, t], rival_scores[:, t], rival_item[:, t], gold_step[:, t] = check_violation(
+            ctx, t, gold_score, rival_score, rival_item[:, t], ranked)
         violation[:, t] = violated
-        gold_scores[:, t] = compared_gold
-        rival_scores[:, t] = rival_score
-        seg_start[:, t] = segment_start
+        seg_start[:, t] = st.segment_start
         if t == T - 1:
             break
-
-        # Next beam: the top K, or after a violation the reset to the gold prefix y_{1:t}.
-        do_reset = violated & ~final
+        do_reset = violated & (t != last_step)
         reset[:, t] = do_reset
-        next_slot = torch.div(top_idx, V, rounding_mode="floor")
-        next_token = top_idx - next_slot * V
-        gold_in_top = (top_idx == gold_idx.unsqueeze(1)).long().argmax(1)
-        next_slot = torch.where(do_reset.unsqueeze(1), gold_slot.unsqueeze(1), next_slot)
-        next_token = torch.where(do_reset.unsqueeze(1), target[:, t : t + 1], next_token)
-        live = torch.where(do_reset.unsqueeze(1), only_first, top_scores > NEG_INF)
-        live &= (t + 1 <= last_step).unsqueeze(1)  # a sentence whose gold has ended leaves the search
-        gold_slot = torch.where(do_reset, torch.zeros_like(gold_slot), gold_in_top)
-        segment_start = torch.where(do_reset, torch.full_like(segment_start, t + 1), segment_start)
-        back_slot[:, t] = next_slot
-        back_token[:, t] = next_token
-        if cumulative:  # the new items' prefix scores; after a reset the gold prefix's
-            prefix_score = torch.where(do_reset.unsqueeze(1), gold_score.unsqueeze(1), top_scores)
-
-        # the live items of the next step and the row each one continues
-        row_slot = live.view(-1).nonzero().view(-1)
-        parent_row = slot_row[(sentence.unsqueeze(1) * K + next_slot).view(-1)[row_slot]]
-        prev_token = next_token.view(-1)[row_slot]
-        if cumulative:
-            row_prefix_score = prefix_score.reshape(-1)[row_slot]
-        with record_function("bso.search.reorder"):
-            decoder.reorder_incremental_state_scripting(incremental_state, parent_row)
-            enc = model.encoder.reorder_encoder_out(enc, parent_row)
-            if constraint is not None:
-                state = constraint.step(constraint.reorder(state, parent_row), prev_token)
+        back_slot[:, t], back_token[:, t] = next_beam(ctx, st, t, ranked, gold_idx, gold_score, do_reset, V)
 
     with record_function("bso.search.paths_and_delta"):
         violating_tokens = violating_paths(violation, rival_item, seg_start, back_slot, back_token, target, V)
-        delta = segment_costs(violation, seg_start, violating_tokens, target, cost, gold_step)
+        index = violation.nonzero()  # the batch's one read-back: how many violations, where
+        delta = segment_costs(violation, seg_start, violating_tokens, target, cost, gold_step, index)
     return SearchResult(violation, reset, delta, violating_tokens, gold_scores, rival_scores, K, seg_start, score,
-                        gold_step)
+                        gold_step, lenpen, index)
 
 
 def gold_final_scores(model, encoder_out, target: Tensor, last_step: Tensor, eos: int, cumulative: bool,
-                      dropout: Optional["SharedDropout"] = None) -> Tensor:
-    """The learning-to-stop step's reference point, f_T(y) for every sentence (B,): the gold's
-    score at its last step T — the raw logit of its ``</s>`` (``logit``), or its summed
-    log-probability S(y_{1:T}) (``log_softmax``) — from an incremental teacher-forced pass of
-    the decoder over the gold (B rows, T steps; with ``dropout`` the search's shared masks).
-    The gold path does not depend on the beam, so this is the score the search meets at T."""
+                      dropout: Optional[SharedDropout] = None, lenpen: float = 1.0) -> Tensor:
+    """The learning-to-stop step's reference point g(y) for every sentence (B,), as the decoder ranks
+    the whole gold once finished: the raw logit of its ``</s>`` (``logit``), or its summed
+    log-probability over its length T (``</s>`` included) normalized as fairseq's standard beam
+    normalizes, S(y_{1:T}) / T^lenpen (``log_softmax``); from one teacher-forced pass of the
+    decoder over the gold (with ``dropout`` the search's shared masks).  The gold path does not
+    depend on the beam, so this is the score the search meets at T (before normalization)."""
     decoder = model.decoder
     B, T = target.shape
     sentence = torch.arange(B, device=target.device)
-    inputs = torch.cat([target.new_full((B, 1), eos), target[:, :-1]], 1)
-    incremental_state: dict = {}
-    final = None
-    for t in range(T):
-        if dropout is not None:
-            dropout.begin_step(t, sentence)
-        logits = upcast(decoder(inputs[:, : t + 1], encoder_out=encoder_out, incremental_state=incremental_state)[0][:, -1, :])
-        if cumulative:
-            logits = torch.log_softmax(logits, dim=-1)
-        step = logits.gather(1, target[:, t : t + 1]).squeeze(1)
-        if final is None:
-            final = torch.zeros_like(step)
-        if cumulative:
-            final = final + step.masked_fill(t > last_step, 0.0)
-        else:
-            final = torch.where(last_step == t, step, final)
-    return final
+    features = teacher_forced_features(decoder, encoder_out, target, eos, dropout, sentence)
+    if not cumulative:
+        last = features[sentence, last_step]
+        return upcast(gathered_logits(decoder, last, target[sentence, last_step]))
+    total = features.new_zeros(B, dtype=upcast(features[:1, 0, :1]).dtype)
+    for j in range(T):  # (B, V) at a time, not (B, T, V)
+        step = token_scores(decoder, features[:, j], target[:, j], log_softmax=True)
+        total = total + step.masked_fill(j > last_step, 0.0)
+    return total / (last_step + 1).to(total.dtype).pow(lenpen)
 
 
-def best_finished(row_eos: Tensor, row_slot: Tensor, top_scores: Tensor, top_idx: Tensor, V: int, eos: int):
+def best_finished(row_eos: Tensor, top_scores: Tensor, top_idx: Tensor, V: int, eos: int):
     """The learning-to-stop step at step t: the ``</s>`` candidates that rank in the top K of all
     the step's candidates (``top_scores``/``top_idx`` hold the top K unfinished ones, best first)
     finish.  Returns each sentence's best finished score (−inf: none) and its item (slot · V +
     ``</s>``, slot its parent's beam slot), and the top K of all the candidates, finishing ones
     included (scores and items, best first: what the margin check ranks the gold in).
-    ``row_eos``: each computed row's f(``</s>``), −inf where ``</s>`` is the gold's own last
-    token (not a finished rival)."""
+    ``row_eos``: each slot's f(``</s>``), (B·K,), −inf where ``</s>`` does not finish a hypothesis
+    (a dead slot, step 0, or the gold's own last token)."""
     B, K = top_scores.shape
-    eos_cand = top_scores.new_full((B * K,), NEG_INF).index_copy_(0, row_slot, row_eos).view(B, K)
+    eos_cand = row_eos.view(B, K)
     eos_idx = torch.arange(K, device=top_idx.device).mul_(V).add_(eos).expand(B, K)
     ranked_scores, pos = torch.cat([top_scores, eos_cand], 1).topk(K, dim=1)  # the top K of all candidates
     ranked_idx = torch.cat([top_idx, eos_idx], 1).gather(1, pos)
@@ -487,33 +648,36 @@ def best_finished(row_eos: Tensor, row_slot: Tensor, top_scores: Tensor, top_idx
 
 def violating_paths(violation: Tensor, rival_item: Tensor, seg_start: Tensor, back_slot: Tensor,
                     back_token: Tensor, target: Tensor, V: int) -> Tensor:
-    """The violating path: the gold, except in each violating segment the rival's tokens,
-    read from the back-pointers (one vectorized pass over the steps, for all violations)."""
-    tokens = target.clone()
-    b, t = violation.nonzero(as_tuple=True)
-    if b.numel() == 0:
-        return tokens
-    item = rival_item[b, t]
-    slot = torch.div(item, V, rounding_mode="floor")  # the rival's parent slot at step t - 1
-    tokens[b, t] = item - slot * V
-    start = seg_start[b, t]
-    for j in range(int(t.max().item()) - 1, -1, -1):
-        inside = (t > j) & (start <= j)
-        if not inside.any():
-            continue
-        tokens[b[inside], j] = back_token[b, j, slot][inside]
-        slot = torch.where(inside, back_slot[b, j, slot], slot)
+    """The violating path: the gold, except in each violating segment the rival's tokens, read from
+    the back-pointers.  Every (b, t) follows its own pointer (B × T at once, one pass over the
+    steps, no read-back); the segments of a sentence are disjoint, so each position is written by
+    at most one violation."""
+    B, T = violation.shape
+    slot = torch.div(rival_item, V, rounding_mode="floor")  # the rival's parent slot at step t - 1
+    tokens = torch.where(violation, rival_item - slot * V, target)
+    rows = torch.arange(B, device=target.device).unsqueeze(1).expand(B, T)
+    steps = torch.arange(T, device=target.device)
+    for j in range(T - 2, -1, -1):
+        inside = violation & (steps > j) & (seg_start <= j)  # (b, t): t's segment covers j
+        token = back_token[rows, j, slot]
+        written = inside.any(1)
+        tokens[:, j] = torch.where(written, (token * inside).sum(1), tokens[:, j])
+        slot = torch.where(inside, back_slot[rows, j, slot], slot)
     return tokens
 
 
 def segment_costs(violation: Tensor, segment_start: Tensor, violating_tokens: Tensor, target: Tensor,
-                  cost: Callable[..., Tensor], gold_step: Optional[Tensor] = None) -> Tensor:
+                  cost: Callable[..., Tensor], gold_step: Optional[Tensor] = None,
+                  index: Optional[Tensor] = None) -> Tensor:
     """Δ for every violation at once: its segment runs from ``segment_start`` at the violation
     step (the step after the previous reset, or 0) to the violation step (for the gold: to
-    ``gold_step``, the gold's last step when the rival is a finished hypothesis)."""
+    ``gold_step``, the gold's last step when the rival is a hypothesis that finished early).
+    ``index``: ``violation.nonzero()`` when the caller has it."""
     B, T = violation.shape
     delta = torch.zeros(B, T, device=target.device)
-    b_idx, t_idx = violation.nonzero(as_tuple=True)
+    if index is None:
+        index = violation.nonzero()
+    b_idx, t_idx = index.unbind(1)
     if b_idx.numel() == 0:
         return delta
     steps = torch.arange(T, device=target.device).unsqueeze(0)
@@ -521,8 +685,7 @@ def segment_costs(violation: Tensor, segment_start: Tensor, violating_tokens: Te
     gold_end = t_idx if gold_step is None else gold_step[b_idx, t_idx]
     gold_mask = (steps >= start) & (steps <= gold_end.unsqueeze(1))
     mask = (steps >= start) & (steps <= t_idx.unsqueeze(1))
-    delta[b_idx, t_idx] = cost(violating_tokens[b_idx], target[b_idx], mask, gold_mask).to(delta.dtype)
-    return delta
+    return delta.index_put((b_idx, t_idx), cost(violating_tokens[b_idx], target[b_idx], mask, gold_mask).to(delta.dtype))
 
 
 def output_projection(decoder):
@@ -555,89 +718,117 @@ def gathered_logits(decoder, features: Tensor, tokens: Tensor) -> Tensor:
 
 @dataclass
 class Rescored:
-    """Scores under autograd, (B, T) each: the gold path's and the violating path's step
-    scores (raw logits, or log-probabilities when ``score="log_softmax"``), and the gold
-    path's log-probabilities when the NLL term needs them (else None)."""
+    """Scores under autograd, (B, T) each: the gold path's step scores (raw logits, or
+    log-probabilities when ``score="log_softmax"``) at every step; the violating paths' step
+    scores at the steps of their violating segments (each segment's own path; 0 elsewhere); and
+    the gold path's log-probabilities when the NLL term needs them (else None)."""
 
     gold: Tensor
     violating: Tensor
     gold_lprobs: Optional[Tensor] = None
 
 
-def rescore(model, encoder_out, target: Tensor, result: SearchResult, pad: int, eos: int,
-            nll: bool = False, dropout: Optional[SharedDropout] = None) -> Rescored:
-    """The gold path and the violating path, re-scored under autograd (2 rows per sentence
-    with a violation, up to the batch's last violation step).
+#: How :func:`rescore` runs the decoder: ``parallel`` (one teacher-forced pass, one row per
+#: violation), ``incremental`` (T steps over 2·B rows, the violating row spliced onto the gold
+#: row's state after each reset), or ``auto``: parallel when the batch has at most B violations
+#: (then its B + N rows cost at most the incremental pass's 2·B rows), else incremental.
+RESCORE_MODES = ("auto", "parallel", "incremental")
 
-    The violating row follows ``result.violating_tokens`` and, after each reset,
-    continues from the gold row's state and the gold token.  With ``result.score ==
-    "logit"`` only the two logits the loss needs are computed (rows of the output
-    projection, no softmax); with ``"log_softmax"`` the full output layer.  ``nll``
-    also returns the gold path's log-probabilities at every step (the NLL term).  ``dropout``:
-    the search's :class:`SharedDropout` bank (the same masks, sentence by sentence).
-    """
+
+def rescore(model, encoder_out, target: Tensor, result: SearchResult, pad: int, eos: int, *,
+            nll: bool = False, dropout: Optional[SharedDropout] = None, mode: str = "auto") -> Rescored:
+    """The gold path and the violating paths re-scored under autograd (see :data:`RESCORE_MODES`):
+    :func:`rescore_parallel` or :func:`rescore_incremental`, which compute the same scores."""
+    if mode not in RESCORE_MODES:
+        raise ValueError(f"mode must be one of {RESCORE_MODES}, got {mode!r}")
+    n_violations = result.violations().size(0)  # known on the host once the index exists
+    if mode == "parallel" or (mode == "auto" and n_violations <= target.size(0)):
+        return rescore_parallel(model, encoder_out, target, result, pad, eos, nll=nll, dropout=dropout)
+    return rescore_incremental(model, encoder_out, target, result, pad, eos, nll=nll, dropout=dropout)
+
+
+def rescore_incremental(model, encoder_out, target: Tensor, result: SearchResult, pad: int, eos: int, *,
+                        nll: bool = False, dropout: Optional[SharedDropout] = None) -> Rescored:
+    """The gold path and *the* violating path of every sentence (2·B rows), T incremental decoder
+    steps under autograd.  The violating row follows ``result.violating_tokens`` and, after each
+    reset, continues from the gold row's state and the gold token (a reorder of the decoder's
+    state at every step, rows spliced where the previous step reset: no host read).  Saved
+    memory: the LSTM's is linear in T; the Transformer's grows with T² (each step saves its
+    cached keys and values again)."""
     decoder = model.decoder
-    B_all, T = target.shape
+    B, T = target.shape
     device = target.device
-    # Only sentences with a violation carry margin terms: the others are not re-scored (all are
-    # with the NLL term).  With no violation at all, one sentence for one step keeps the loss on
-    # the graph (fairseq calls backward on it).
-    if nll:
-        keep = torch.arange(B_all, device=device)
-    else:
-        keep = result.violation.any(1).nonzero().view(-1)
-        if keep.numel() == 0:
-            keep = keep.new_zeros(1)
-    target = target.index_select(0, keep)
-    violating_tokens = result.violating_tokens.index_select(0, keep)
-    reset = result.reset.index_select(0, keep)
-    violation = result.violation.index_select(0, keep)
-    B = keep.numel()
-    enc = model.encoder.reorder_encoder_out(encoder_out, keep.repeat(2))
-    scored = torch.cat([target, violating_tokens], 0)  # the token each row scores at t
+    enc = model.encoder.reorder_encoder_out(encoder_out, torch.arange(B, device=device).repeat(2))
+    scored = torch.cat([target, result.violating_tokens], 0)  # the token each row scores at t
     # inputs: </s> then the previous token; after a reset the violating row takes the gold token
-    prev_violating = torch.where(reset, target, violating_tokens)
+    prev_violating = torch.where(result.reset, target, result.violating_tokens)
     inputs = torch.cat([target.new_full((2 * B, 1), eos), torch.cat([target, prev_violating], 0)], 1)[:, :T]
-    incremental_state: dict = {}
-    reset_steps = reset.any(0).nonzero().view(-1).tolist()
-    reset_rows = {}
-    for t in reset_steps:  # splice the violating row onto the gold row before step t + 1
-        order = torch.arange(2 * B, device=device)
-        idx = reset[:, t].nonzero().view(-1)
-        order[B + idx] = idx
-        reset_rows[t + 1] = order
-    # steps after the last violation of every sentence carry no margin loss (a finished rival's
-    # term reads the gold's score at its last step)
-    gold_step = result.gold_step.index_select(0, keep)
-    needed = int(gold_step[violation].max().item()) + 1 if violation.any() else 1
-    if nll:
-        needed = T
+    own = torch.arange(2 * B, device=device)
+    gold_row = torch.cat([own[:B], own[:B]])
+    row_sentence = gold_row
     cumulative = result.score == "log_softmax"
-    row_sentence = keep.repeat(2)  # the sentence of each re-scored row (shared dropout masks)
+    incremental_state: dict = {}
     scores, gold_lprobs = [], []
-    for t in range(needed):
-        if t in reset_rows:
-            decoder.reorder_incremental_state_scripting(incremental_state, reset_rows[t])
+    for t in range(T):
+        if t > 0:  # splice the violating rows whose sentence reset after t - 1 onto their gold row
+            spliced = torch.cat([result.reset.new_zeros(B), result.reset[:, t - 1]])
+            decoder.reorder_incremental_state_scripting(incremental_state, torch.where(spliced, gold_row, own))
         if dropout is not None:
             dropout.begin_step(t, row_sentence)
-        features = decoder.extract_features(inputs[:, : t + 1], encoder_out=enc, incremental_state=incremental_state)[0]
-        features = features[:, -1, :]
-        if cumulative:
-            lprobs = torch.log_softmax(upcast(decoder.output_layer(features)), dim=-1)
-            scores.append(lprobs.gather(1, scored[:, t : t + 1]).squeeze(1))
-            if nll:
-                gold_lprobs.append(scores[-1][:B])
-        else:
-            scores.append(gathered_logits(decoder, features, scored[:, t]))
-            if nll:
-                lprobs = torch.log_softmax(upcast(decoder.output_layer(features[:B])), dim=-1)
-                gold_lprobs.append(lprobs.gather(1, target[:, t : t + 1]).squeeze(1))
-    f = upcast(torch.stack(scores, 1))
-    f = torch.cat([f, f.new_zeros(2 * B, T - needed)], 1)
-    if B == B_all:  # every sentence (in order)
-        return Rescored(f[:B], f[B:], torch.stack(gold_lprobs, 1) if nll else None)
-    full = f.new_zeros(B_all, T)
-    return Rescored(full.index_copy(0, keep, f[:B]), full.index_copy(0, keep, f[B:]), None)
+        features = decoder.extract_features(inputs[:, : t + 1], encoder_out=enc,
+                                            incremental_state=incremental_state)[0][:, -1, :]
+        scores.append(token_scores(decoder, features, scored[:, t], log_softmax=cumulative))
+        if nll:
+            gold_lprobs.append(scores[-1][:B] if cumulative else
+                               token_scores(decoder, features[:B], target[:, t], log_softmax=True))
+    f = torch.stack(scores, 1)
+    return Rescored(f[:B], f[B:], torch.stack(gold_lprobs, 1) if nll else None)
+
+
+def rescore_parallel(model, encoder_out, target: Tensor, result: SearchResult, pad: int, eos: int, *,
+                     nll: bool = False, dropout: Optional[SharedDropout] = None) -> Rescored:
+    """The gold path and the violating paths, re-scored under autograd in one teacher-forced
+    parallel pass of the decoder (``extract_features`` over whole rows).
+
+    Rows: the B golds, then one row per violation (b, t) with segment start s: the gold y_{1:s}
+    then the violating tokens up to t (what the search's violating item was; positions after t
+    are never read).  The violating row recomputes the gold prefix itself, so the gradient of the
+    segment flows into the gold prefix as it does through the search's reset.  Scores read:
+    the gold's at every step (the logit rows of the output projection, or the full output
+    layer's log-probabilities when ``score="log_softmax"`` or ``nll``); each violating row's at
+    its segment's steps s..t (``log_softmax``) or at t (``logit``).  ``dropout``: the search's
+    :class:`SharedDropout` bank (each row its sentence's masks)."""
+    decoder = model.decoder
+    B, T = target.shape
+    device = target.device
+    index = result.violations()
+    b_v, t_v = index.unbind(1)
+    N = b_v.numel()
+    steps = torch.arange(T, device=device)
+    start_v = result.segment_start[b_v, t_v]
+    violating_rows = torch.where(steps.unsqueeze(0) < start_v.unsqueeze(1), target[b_v],
+                                 result.violating_tokens[b_v])
+    row_sentence = torch.cat([torch.arange(B, device=device), b_v])
+    enc = model.encoder.reorder_encoder_out(encoder_out, row_sentence) if N > 0 else encoder_out
+    rows = torch.cat([target, violating_rows], 0)
+    features = teacher_forced_features(decoder, enc, rows, eos, dropout, row_sentence)
+    D = features.size(-1)
+    cumulative = result.score == "log_softmax"
+    gold_features = features[:B].reshape(B * T, D)
+    gold_lprobs = None
+    if cumulative or nll:
+        gold_lprobs = token_scores(decoder, gold_features, target.reshape(-1), log_softmax=True).view(B, T)
+    gold = gold_lprobs if cumulative else upcast(gathered_logits(decoder, gold_features, target.reshape(-1))).view(B, T)
+    violating = gold.new_zeros(B, T)
+    if N > 0:
+        if cumulative:  # every step of each segment: one more read-back (how many positions)
+            in_segment = (steps.unsqueeze(0) >= start_v.unsqueeze(1)) & (steps.unsqueeze(0) <= t_v.unsqueeze(1))
+            i, j = in_segment.nonzero().unbind(1)
+        else:  # the violation step only
+            i, j = torch.arange(N, device=device), t_v
+        values = token_scores(decoder, features[B + i, j], violating_rows[i, j], log_softmax=cumulative)
+        violating = violating.index_put((b_v[i], j), values.to(violating.dtype))
+    return Rescored(gold, violating, gold_lprobs if nll else None)
 
 
 def segment_sums(step_scores: Tensor, segment_start: Tensor, end: Optional[Tensor] = None) -> Tensor:
@@ -654,11 +845,22 @@ def bso_loss(gold: Tensor, violating: Tensor, result: SearchResult, margin: floa
     ``logit``: f is the step's logit.  ``log_softmax``: f is the segment's summed
     log-probability (the prefixes before the segment are the same gold prefix and cancel).
     The gold's side is read at ``result.gold_step`` (the violation step, or the gold's last
-    step when the rival is a hypothesis that finished at t: the learning-to-stop step).
+    step when the rival is a hypothesis that finished at t: the learning-to-stop step).  With
+    ``log_softmax``, a finished rival is compared as fairseq's standard beam ranks finished
+    hypotheses: both whole sums normalized by length^lenpen (the gold prefix no longer cancels).
     """
     if result.score == "log_softmax":
-        gold = segment_sums(gold, result.segment_start, result.gold_step)
-        violating = segment_sums(violating, result.segment_start)
+        gold_side = segment_sums(gold, result.segment_start, result.gold_step)
+        violating_side = segment_sums(violating, result.segment_start)
+        steps = torch.arange(gold.size(1), device=gold.device).unsqueeze(0)
+        finished = result.gold_step > steps
+        cum = gold.cumsum(1)
+        prefix = torch.cat([cum.new_zeros(cum.size(0), 1), cum], 1).gather(1, result.segment_start)
+        alpha = result.lenpen
+        gold_whole = cum.gather(1, result.gold_step) / (result.gold_step + 1).to(cum.dtype).pow(alpha)
+        violating_whole = (prefix + violating_side) / (steps + 1).to(cum.dtype).pow(alpha)
+        gold = torch.where(finished, gold_whole, gold_side)
+        violating = torch.where(finished, violating_whole, violating_side)
     else:  # a finished rival is compared with the gold's last step
         gold = gold.gather(1, result.gold_step)
     terms = result.delta * (margin - gold + violating)
