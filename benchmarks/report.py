@@ -564,6 +564,23 @@ def speed_files(doc):
     return speed, full
 
 
+def same_teacher(speed, teacher, ds):
+    """(True, "") when decode_speed.json's teacher is distillation.json's: equal parameter counts, or, when either
+    file lacks them, the same command wrote both files; else (False, why)."""
+    if not ds.get(teacher):
+        return False, "distillation.json has no teacher row"
+    p_speed = ((speed.get("models") or {}).get(teacher) or {}).get("params")
+    p_ds = ds[teacher].get("params")
+    if p_speed is not None and p_ds is not None:
+        if p_speed == p_ds:
+            return True, ""
+        return False, (f"`decode_speed.json` and `distillation.json` measured different teachers ({p_speed:,} against "
+                       f"{p_ds:,} parameters)")
+    if speed.get("command") and speed.get("command") == ds.get("command"):
+        return True, ""
+    return False, "`decode_speed.json` and `distillation.json` do not say they measured the same teacher"
+
+
 def decode_speed_section(doc):
     doc.add("## Decoding speed", "")
     speed, full = speed_files(doc)
@@ -596,7 +613,11 @@ def decode_speed_section(doc):
     if same:
         provenance(doc, "decode_speed_full", full, skip_settings=("models", "name"))
 
-    if ds.get(teacher) and ds[teacher].get("bleu_beam5") is not None and tbeam == 5:
+    # the BLEU of distillation.json beside the speed of decode_speed.json only when both measured the same teacher
+    same_models, why = same_teacher(speed, teacher, ds)
+    if not same_models and ds.get(teacher):
+        doc.add(f"No size/speed/BLEU table: {why}.", "")
+    if same_models and ds[teacher].get("bleu_beam5") is not None and tbeam == 5:
         rows = []
         for m in [n for n in distill_rows(ds) if n != teacher] + [teacher]:
             lean = f"{m}+lean"

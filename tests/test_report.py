@@ -78,7 +78,7 @@ def new_keys(tmp_path):
                     "p_wstar_percent": 12.34, "epochs": 2, "best_epoch": 2, "stopped": "epoch cap"},
         "student": {"bleu_greedy": 25.0, "bleu_beam5": 26.0, "valid_bleu_curve": [[1, 20.0]], "p_wstar_percent": 5.0},
         "seq_kd": {"bleu_greedy": 28.0, "bleu_beam5": 28.5, "valid_bleu_curve": [[1, 21.0]], "p_wstar_percent": 20.06},
-        "generation_throughput_ratio": 0.97, "suite_wall_seconds": 7200})
+        "generation_throughput_ratio": 0.97, "suite_wall_seconds": 7200, "command": "python3 benchmarks/compression.py"})
     write(tmp_path, "pruning", {"rows": {
         "class-blind:0": {"bleu_greedy": 40.0, "bleu_beam5": 41.0, "nonzero_params": 1000},
         "class-blind:50": {"bleu_greedy": 39.5, "bleu_beam5": 40.75, "nonzero_params": 500},
@@ -91,7 +91,7 @@ def new_keys(tmp_path):
         "batched": {"sentences": 20, "teacher": {"words_per_sec": 400.0},
                     "seq_kd": {"words_per_sec": 2000.0, "speedup_vs_teacher": 5.0},
                     "seq_kd+lean": {"words_per_sec": 4800.0, "speedup_vs_teacher": 12.0}},
-        "settings": {"teacher_beam": 5}})
+        "settings": {"teacher_beam": 5}, "command": "python3 benchmarks/compression.py"})
     return tmp_path
 
 
@@ -164,3 +164,19 @@ def test_partial_compression_files_render(tmp_path):
     missing = [line for line in expected if line not in lines]
     assert not missing, "missing lines:\n" + "\n".join(missing) + "\n--- got:\n" + text
     assert "Training: a fixed epoch budget. Test BLEU greedy / beam 5." in text, text
+
+
+def test_speed_and_bleu_are_joined_only_for_the_same_teacher(new_keys):
+    """BLEU from distillation.json and speed from decode_speed.json share a table only when both files measured
+    the same teacher (equal parameter counts, or one command wrote both)."""
+    speed = json.loads((new_keys / "decode_speed.json").read_text())
+    speed["models"] = {"teacher": {"beam": 5, "params": 4483584}, "seq_kd": {"beam": 1, "params": 1000},
+                       "seq_kd+lean": {"beam": 1, "params": 1000}}
+    (new_keys / "decode_speed.json").write_text(json.dumps(speed))
+    distillation = json.loads((new_keys / "distillation.json").read_text())
+    distillation["teacher"]["params"] = 2162944
+    (new_keys / "distillation.json").write_text(json.dumps(distillation))
+    text = report.render(str(new_keys), str(new_keys / "results.md"))
+    assert ("No size/speed/BLEU table: `decode_speed.json` and `distillation.json` measured different teachers "
+            "(4,483,584 against 2,162,944 parameters).") in text, text
+    assert "| teacher, beam 5 |" not in text, text
