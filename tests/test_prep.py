@@ -55,7 +55,7 @@ def test_missing_file_is_refused(tmp_path):
 def test_non_utf8_is_refused(tmp_path):
     path = tmp_path / "latin1.txt"
     path.write_bytes("Grüß Gott\n".encode("latin-1"))
-    with pytest.raises(prep.DataError, match="latin1.txt: not UTF-8"):
+    with pytest.raises(prep.DataError, match=r"latin1.txt:1:3: not UTF-8 text \(byte 0xfc: invalid start byte\)"):
         prep.read_lines(str(path))
 
 
@@ -152,6 +152,8 @@ def test_translation_pipeline_trains_sentencepiece_on_train_only(tmp_path):
 def test_parse_hypotheses_restores_id_order_and_counts():
     from fairseq_bso.evaluation import parse_hypotheses
     out = "S-1\tb\nH-1\t-0.5\tsecond\nH-0\t-0.1\tfirst\nH-0\t-0.9\tfirst-nbest2\n"
-    assert parse_hypotheses(out) == ["first", "second"]
+    assert parse_hypotheses(out, nbest=True) == ["first", "second"]
+    with pytest.raises(ValueError, match="output:4: a second H-0 line \\(the first is line 3\\)"):
+        parse_hypotheses(out)
     with pytest.raises(ValueError, match="lacks 1 sentence ids"):
-        parse_hypotheses(out, expected=3)
+        parse_hypotheses(out, expected=3, nbest=True)
