@@ -1,4 +1,6 @@
-"""The examples' hydra configs run under the real fairseq-hydra-train (tiny model overrides)."""
+"""The examples' hydra configs run under the real fairseq-hydra-train (tiny model overrides).
+
+The configs name no device (fairseq then trains on a GPU when there is one); the tests pass ``common.cpu=true``."""
 
 import os
 import re
@@ -16,7 +18,18 @@ TINY = ["model.encoder_embed_dim=16", "model.encoder_hidden_size=16", "model.dec
 def hydra_train(config_dir, name, data, save_dir, tmp_path, extra=()):
     return harness.run(["fairseq-hydra-train", "--config-dir", os.path.join(harness.ROOT, config_dir),
                         "--config-name", name, f"task.data={data}", f"common.user_dir={harness.USER_DIR}",
-                        f"checkpoint.save_dir={save_dir}", f"hydra.run.dir={tmp_path}/hydra", *TINY, *extra])
+                        f"checkpoint.save_dir={save_dir}", f"hydra.run.dir={tmp_path}/hydra", "common.cpu=true",
+                        *TINY, *extra])
+
+
+def test_configs_name_no_device():
+    """A GPU user following the YAMLs trains on the GPU: no config hard-codes common.cpu."""
+    import glob
+    import yaml
+    configs = glob.glob(os.path.join(harness.ROOT, "examples", "*", "config", "*.yaml"))
+    assert len(configs) >= 4, configs
+    pinned = [c for c in configs if "cpu" in ((yaml.safe_load(open(c)) or {}).get("common") or {})]
+    assert not pinned, f"common.cpu set in {pinned}"
 
 
 def test_bso_config(word_order_bin, nll_checkpoint, tmp_path):
