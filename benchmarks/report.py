@@ -51,6 +51,7 @@ class Doc:
         self.output = output
         self.lines = []
         self.linked = set()
+        self.read = set()  # results files a section read (the others go to "Other results files")
 
     def add(self, *lines):
         self.lines.extend(lines)
@@ -59,6 +60,7 @@ class Doc:
         path = os.path.join(self.results_dir, f"{name}.json")
         if not os.path.exists(path):
             return None
+        self.read.add(f"{name}.json")
         with open(path) as f:
             try:
                 return json.load(f)
@@ -785,12 +787,41 @@ def render(results_dir=RESULTS, output=OUTPUT):
             + ".", "")
     for section in SECTIONS:
         section(doc)
+    other_files_section(doc)
     rest = sorted(os.path.basename(p) for p in glob.glob(os.path.join(results_dir, "*.png"))
                   if os.path.basename(p) not in doc.linked)
     if rest:
         doc.add("## Other plots", "")
         doc.plots(*rest)
     return doc.text()
+
+
+def other_files_section(doc):
+    """Every results file no section read: its own top-level figures and protocol fields, as they are."""
+    names = sorted(os.path.basename(p) for p in glob.glob(os.path.join(doc.results_dir, "*.json"))
+                   if os.path.basename(p) not in doc.read)
+    if not names:
+        return
+    doc.add("## Other results files", "",
+            "Files no table above reads (no section of this document is written for them yet): their top-level "
+            "figures and protocol fields as the files hold them.", "")
+    for name in names:
+        res = doc.load(name[:-len(".json")])
+        doc.add(f"### `{name}`", "")
+        if not isinstance(res, dict):
+            doc.add("Not a JSON object.", "")
+            continue
+        figures = [(k, v) for k, v in res.items() if isinstance(v, (int, float)) and not isinstance(v, bool)
+                   and k != "wall_seconds"]
+        texts = [(k, v) for k, v in res.items() if isinstance(v, str) and k not in ("command", "git_commit", "conditions")]
+        if figures:
+            doc.add("| key | value |", "|---|---|", *[f"| {k} | {v:g} |" for k, v in figures], "")
+        for k, v in texts:
+            doc.add(f"- {k.replace('_', ' ')}: {v}")
+        if texts:
+            doc.add("")
+        provenance(doc, name[:-len(".json")], res)
+        doc.plots(name[:-len(".json")] + ".png")
 
 
 # the contents line: (link text, the anchor GitHub gives the section's heading)

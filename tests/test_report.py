@@ -180,3 +180,13 @@ def test_speed_and_bleu_are_joined_only_for_the_same_teacher(new_keys):
     assert ("No size/speed/BLEU table: `decode_speed.json` and `distillation.json` measured different teachers "
             "(4,483,584 against 2,162,944 parameters).") in text, text
     assert "| teacher, beam 5 |" not in text, text
+
+
+def test_a_results_file_no_section_reads_is_listed(tmp_path):
+    write(tmp_path, "new_benchmark", {"speedup": 2.5, "rows": {"a": 1}, "question": "is it faster?",
+                                      "command": "python3 benchmarks/new_benchmark.py", "conditions": "quiet"})
+    text = report.render(str(tmp_path), str(tmp_path / "results.md"))
+    for line in ("## Other results files", "### `new_benchmark.json`", "| speedup | 2.5 |", "- question: is it faster?",
+                 "- File: `benchmarks/results/new_benchmark.json`, written by `python3 benchmarks/new_benchmark.py`.",
+                 "- Conditions: quiet."):
+        assert line in text.splitlines(), f"{line!r} not in:\n{text}"
