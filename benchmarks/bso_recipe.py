@@ -15,8 +15,9 @@ Protocol (fixed before the runs):
 * every row starts from that checkpoint (``--finetune-from-model``) and trains
   ``--epochs`` more epochs with Adam ``--lr``; valid BLEU at beam 5 *under the row's own
   decoding* after every epoch (the learning curve); the checkpoint with the best valid
-  BLEU is kept; test BLEU at beams 1 / 5 / 10 under the row's decoding and, for BSO rows,
-  under the other decoding too;
+  BLEU is kept; test BLEU at beams 1 / 5 / 10 under the row's decoding (``test``), the same with
+  the ``word_order`` constraint at decoding (``test_constrained``; a ConBSO row's own, and its
+  ``test_unconstrained`` without it) and, for BSO rows, under the other decoding too;
 * one lever changes per row against ``bso`` (the paper's recipe: raw-logit score,
   0/1 Δ, beam curriculum 2 → 6 one epoch per K, K_tr = 6).
 
@@ -49,6 +50,7 @@ TASK = ["--task", "constrained_beam_training"]
 BSO = ["--criterion", "bso", "--bso-beam-size", "6", "--bso-curriculum-start", "2", "--bso-curriculum-epochs", "1",
        "--bso-score", "logit", "--bso-gold-kth", "self"]  # the paper; a row's later options override
 RAW = ["--bso-decoding"]
+CONSTRAINT = ["--constraint", "word_order"]
 # name: (training options, decoding options, what changes against the row above it / against bso)
 ROWS = {
     "seq2seq": (["--criterion", "cross_entropy"], [], "continued token NLL (the baseline)"),
@@ -144,6 +146,15 @@ def run_row(args, bin_dir, nll_ckpt, name, references):
            "valid_curve": [e for e in learning_curve(save + ".log") if e[0] <= args.epochs]}
     row["best_epoch"], row["best_valid_bleu"] = max(row["valid_curve"], key=lambda e: e[1])
     row["test"] = test_bleu(args, bin_dir, best, decode, name, references)
+    # with and without the word_order constraint at decoding (issue 29: ConBSO's training effect is ConBSO against
+    # the other rows decoded with the constraint too)
+    if "--constraint" in decode:
+        row["test_constrained"] = row["test"]
+        row["test_unconstrained"] = test_bleu(args, bin_dir, best, [o for o in decode if o not in CONSTRAINT],
+                                              name + ".unconstrained", references)
+    else:
+        row["test_constrained"] = test_bleu(args, bin_dir, best, [*decode, *CONSTRAINT], name + ".constrained",
+                                            references)
     if name != "seq2seq":  # the other decoding, for comparison
         constraint = [o for o in decode if o != "--bso-decoding"]
         other = constraint if "--bso-decoding" in decode else [*constraint, *RAW]
@@ -210,8 +221,11 @@ def run(args):
     return results, settings, references, hypotheses
 
 
-def test_hypotheses(args, name, n):
-    """A row's test output at beam 5 under its own decoding (the log test_bleu wrote), in input order."""
+def test_hypotheses(args, name, n, constrained=False):
+    """A row's test output at beam 5 under its own decoding (the log test_bleu wrote), in input order; with
+    ``constrained``, its output decoded with the word_order constraint."""
+    if constrained and "--constraint" not in ROWS[name][1]:
+        name += ".constrained"
     with open(os.path.join(args.workdir, f"test.{name}.e{args.epochs}.beam5.log")) as f:
         return parse_hypotheses(f.read(), n)
 

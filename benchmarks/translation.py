@@ -12,7 +12,9 @@ Protocol (fixed before the runs):
   checkpoint (the teacher of ``results/translation.json`` stopped at a 20-epoch cap instead, best epoch 19:
   its ``nll_baseline`` entry says so, and continued NLL still gains on it);
 * every row starts from it (``--finetune-from-model``) and trains ``--extra-epochs`` more epochs (no early
-  stop: equal budget) with Adam; valid BLEU at beam 5 under the row's own decoding after every epoch (the
+  stop: equal budget) with Adam and the same batching (``--max-tokens``, 2000 for every row; until issue 29
+  seq2seq trained with 4000, twice the updates per epoch of a BSO row: those runs are not reused, see
+  ``run_name``); valid BLEU at beam 5 under the row's own decoding after every epoch (the
   learning curve); the checkpoint with the best valid BLEU; detokenized sacrebleu test BLEU at beams 1/5/10;
 * rows (``--rows``): ``seq2seq`` (token NLL, lr 5e-4), ``bso`` (the paper: raw-logit score, SB-Δ, curriculum
   2 → 6 one epoch per K, Adam 1.5e-3 — the learning rate at which the raw-score climb reached continued NLL
@@ -92,6 +94,8 @@ def main():
     parser.add_argument("--report", action="store_true", help="train nothing: report the finished rows")
     parser.add_argument("--beams", type=int, nargs="+", default=[1, 5, 10])
     parser.add_argument("--seed", type=int, default=1, help="training seed of every row (the NLL start is seed 1's)")
+    parser.add_argument("--max-tokens", type=int, default=2000,
+                        help="batch size in tokens of every row (the same for all: equal updates per epoch)")
     args = parser.parse_args()
     started = time.time()
     bin_dir, refs = deen.data()
@@ -105,21 +109,22 @@ def main():
         results["nll_baseline"]["test"], _ = deen.bleu(bin_dir, pretrained, "teacher", refs, args.beams)
     for name in [args.only] if args.only else args.rows:
         train, decode = ROWS[name]
-        run = run_name(name, args.extra_epochs, args.seed)
+        run = run_name(name, args.extra_epochs, args.seed, args.max_tokens)
         if args.report:
             if not deen.finished(run):
                 missing.append(name)
                 continue
             ckpt = os.path.join(deen.DIR, run, "checkpoint_best.pt")
         else:
-            extend_shorter_run(name, args.extra_epochs, args.seed)
+            extend_shorter_run(name, args.extra_epochs, args.seed, args.max_tokens)
             ckpt = deen.train(run, bin_dir, args.extra_epochs, deen.TEACHER,
                               ["--finetune-from-model", pretrained, *train, *decode, "--seed", str(args.seed)],
-                              max_tokens=2000 if "bso" in train else 4000, valid_beam=5, patience=None)
+                              max_tokens=args.max_tokens, valid_beam=5, patience=None)
         if args.only:
             return
         test, outputs = deen.bleu(bin_dir, ckpt, run, refs, args.beams, extra=decode)
-        results[name] = {"train": train, "decoding": decode, "test": test, **deen.run_info(run)}
+        results[name] = {"train": train, "decoding": decode, "max_tokens": args.max_tokens, "test": test,
+                         **deen.run_info(run)}
         if name in ROW_NOTES:
             results[name]["note"] = ROW_NOTES[name]
         if "5" in outputs:
@@ -141,21 +146,29 @@ def results_name(extra_epochs, seed):
     return "translation" + ("" if extra_epochs == 8 else f"_e{extra_epochs}") + ("" if seed == 1 else f"_s{seed}")
 
 
-def run_name(name, extra_epochs, seed):
-    return f"translation_{name}_e{extra_epochs}" + ("" if seed == 1 else f"_s{seed}")
+# the batching each row's runs were trained with before every row shared --max-tokens (issue 29): a run of another
+# batching gets its own name, so that it never resumes (or extends) a run trained at different batch sizes
+LEGACY_MAX_TOKENS = {"seq2seq": 4000}
 
 
-def extend_shorter_run(name, extra_epochs, seed):
+def run_name(name, extra_epochs, seed, max_tokens=2000):
+    legacy = LEGACY_MAX_TOKENS.get(name, 2000)
+    return (f"translation_{name}_e{extra_epochs}" + ("" if seed == 1 else f"_s{seed}")
+            + ("" if max_tokens == legacy else f"_mt{max_tokens}"))
+
+
+def extend_shorter_run(name, extra_epochs, seed, max_tokens):
     """Start run ``name`` of ``extra_epochs`` from a copy of the longest finished run of the same row and seed
     with fewer epochs (its checkpoints and logs, not its ``done`` marker): fairseq resumes the copy's
     ``checkpoint_last.pt`` and trains the remaining epochs, with the copy's best valid BLEU kept."""
-    target = os.path.join(deen.DIR, run_name(name, extra_epochs, seed))
+    target = os.path.join(deen.DIR, run_name(name, extra_epochs, seed, max_tokens))
     if os.path.exists(target):
         return
-    epochs = next((m for m in range(extra_epochs - 1, 0, -1) if deen.finished(run_name(name, m, seed))), None)
+    epochs = next((m for m in range(extra_epochs - 1, 0, -1) if deen.finished(run_name(name, m, seed, max_tokens))),
+                  None)
     if epochs is None:
         return
-    source = os.path.join(deen.DIR, run_name(name, epochs, seed))
+    source = os.path.join(deen.DIR, run_name(name, epochs, seed, max_tokens))
     os.makedirs(target + ".tmp", exist_ok=True)
     for ckpt in ("checkpoint_last.pt", "checkpoint_best.pt"):
         shutil.copy2(os.path.join(source, ckpt), os.path.join(target + ".tmp", ckpt))
