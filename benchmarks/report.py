@@ -813,7 +813,8 @@ def other_files_section(doc):
             continue
         figures = [(k, v) for k, v in res.items() if isinstance(v, (int, float)) and not isinstance(v, bool)
                    and k != "wall_seconds"]
-        texts = [(k, v) for k, v in res.items() if isinstance(v, str) and k not in ("command", "git_commit", "conditions")]
+        shown = ("command", "git_commit", "conditions", "notes", "runs_command", "runs_wall", "speed") + DESCRIPTIVE
+        texts = [(k, v) for k, v in res.items() if isinstance(v, str) and k not in shown]  # provenance shows the rest
         if figures:
             doc.add("| key | value |", "|---|---|", *[f"| {k} | {v:g} |" for k, v in figures], "")
         for k, v in texts:
