@@ -17,7 +17,9 @@ Writes ``benchmarks/results/gpu_readiness.json`` with the keys
   printed beside them for both decoders, and ``tests/test_rescore_memory.py`` asserts them;
 * ``ddp_max_abs_grad_diff``: {backend → max |gradient of rank 0 − gradient of one process over both
   ranks' batches|} after one BSO update on two gloo ranks (float64), through fairseq's wrappers;
-* ``fp16_pruned_optimizer_nonzero``: the pruning helper's figure; null here (see the report);
+* ``fp16_pruned_optimizer_nonzero``: the pruning benchmark's figure, copied from
+  ``benchmarks/results/fp16_pruning.json`` (``python3 -m benchmarks.fp16_pruning``) when that file
+  exists, else null;
 * ``command`` and ``git_commit``.
 
 All figures are deterministic counts or sizes (no timing):
@@ -323,6 +325,10 @@ def main():
     with tempfile.TemporaryDirectory() as tmp:
         results["ddp_max_abs_grad_diff"] = ddp_max_abs_grad_diff(tmp)
     print(f"DDP: {results['ddp_max_abs_grad_diff']}", flush=True)
+    pruning = os.path.join(ROOT, "benchmarks", "results", "fp16_pruning.json")
+    if os.path.exists(pruning):  # the pruning benchmark's count (it trains through fairseq-train)
+        with open(pruning) as f:
+            results["fp16_pruned_optimizer_nonzero"] = json.load(f).get("fp16_pruned_optimizer_nonzero")
     results["command"] = " ".join(["python3"] + sys.argv)
     results["git_commit"] = git_commit()
     tmp = args.out + ".tmp"
