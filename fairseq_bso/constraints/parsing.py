@@ -26,7 +26,10 @@ from dataclasses import dataclass, field
 from typing import Dict, List, Optional, Sequence, Tuple
 
 from ..evaluation import parse_hypotheses
-from ..prep import DataError, read_lines, write_atomic
+from ..prep import DataError, read_lines
+from ..safe_io import OutputRefused, WriteError, write_outputs
+
+_SPACE_RE = re.compile(r"\s")
 
 LEFT, RIGHT = "@L_", "@R_"
 UNK = "<unk>"  # how fairseq prints a word outside the dictionary (S- and H- lines)
@@ -54,7 +57,7 @@ def is_reduce(token: str) -> bool:
 def read_conll(path: str) -> List[Tree]:
     """Sentences of a CoNLL-U or CoNLL-X file (comments, multiword tokens and empty nodes skipped)."""
     trees, words, heads, labels, upos, xpos, start = [], [], [], [], [], [], 0
-    for number, line in enumerate(read_lines(path) + [""], 1):
+    for number, line in enumerate(read_lines(path, tabs=True) + [""], 1):
         line = line.strip()
         if not line:
             if words:
@@ -76,9 +79,11 @@ def read_conll(path: str) -> List[Tree]:
             head = int(cols[6])
         except ValueError as e:
             raise DataError(f"{path}:{number}: word id and head must be integers ({e})") from e
-        words.append(cols[1].replace(" ", "_"))
+        # a space (or NBSP, or any Unicode space) inside a word or label would split it into two tokens for
+        # fairseq, and the sentence would no longer line up with its tree
+        words.append(_SPACE_RE.sub("_", cols[1]))
         heads.append(head)
-        labels.append(cols[7].replace(" ", "_"))
+        labels.append(_SPACE_RE.sub("_", cols[7]))
         upos.append(cols[3])
         xpos.append(cols[4])
     for tree in trees:
@@ -248,16 +253,16 @@ def read_generate_output(path: str, trees: Sequence[Tree]) -> Tuple[List[List[st
 
     The output must hold one sentence per gold tree, in the file's order: every S- line must be
     the gold sentence of its id, with ``<unk>`` allowed for any word."""
-    text = "\n".join(read_lines(path))
+    text = "\n".join(read_lines(path, tabs=True))
     sources: Dict[int, List[str]] = {}
     for line in text.splitlines():
         m = _SRC_RE.match(line)
         if m:
             sources[int(m.group(1))] = m.group(2).split()
     try:
-        hyps = parse_hypotheses(text)
+        hyps = parse_hypotheses(text, source=path)
     except ValueError as e:
-        raise DataError(f"{path}: {e}") from e
+        raise DataError(str(e)) from e
     if len(hyps) != len(trees):
         raise DataError(f"{path} holds {len(hyps)} sentences, the gold file {len(trees)}: translate every "
                         "sentence (to-actions --non-projective lift keeps the non-projective ones) and pass "
@@ -282,6 +287,8 @@ def main(argv=None) -> int:
                       help="a non-projective or multi-root tree: skip it (default; for training data), or "
                            "write the actions of a projective tree close to it (lift; for the data to "
                            "evaluate on, so that every sentence is parsed and scored)")
+    conv.add_argument("--force", action="store_true",
+                      help="overwrite existing PREFIX.src/.tgt this command did not write (never the input)")
     ev = sub.add_parser("evaluate", help="UAS/LAS of fairseq-generate output against the gold trees")
     ev.add_argument("conll", help="the gold trees (the file converted with to-actions --non-projective lift)")
     ev.add_argument("generate_output")
@@ -308,8 +315,9 @@ def main(argv=None) -> int:
                         continue
                 sources.append(" ".join(tree.words))
                 targets.append(" ".join(actions))
-            write_atomic(args.prefix + ".src", sources)
-            write_atomic(args.prefix + ".tgt", targets)
+            write_outputs({args.prefix + ".src": sources, args.prefix + ".tgt": targets},
+                          "fairseq-bso-parsing to-actions", inputs=[args.conll], force=args.force,
+                          what=f"to-actions {args.prefix}")
             done = "skipped" if args.non_projective == "skip" else "lifted to projective trees"
             print(f"{len(targets)} trees converted, {non_projective} non-projective (or multi-root) trees {done}"
                   + (f" ({broken} with a cycle in their heads skipped)" if broken else ""), flush=True)
@@ -323,7 +331,7 @@ def main(argv=None) -> int:
             print(f"UAS {s['UAS']:.2f} LAS {s['LAS']:.2f} ({s['tokens']} tokens scored, {punct}; "
                   f"{s['sentences']} sentences, {s['non_projective']} with a non-projective gold tree; "
                   f"{s['well_formed']} of {s['sentences']} outputs well-formed; root label '{s['root_label']}')")
-    except DataError as e:
+    except (DataError, OutputRefused, WriteError) as e:
         print(f"fairseq-bso-parsing: error: {e}", file=sys.stderr)
         return 2
     return 0

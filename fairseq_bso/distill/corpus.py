@@ -15,6 +15,15 @@ logged (the batches are the same: fairseq's batching is deterministic for the
 same data and options) and generates the rest.  When every shard is done the
 last one to finish merges the logs by sample id and writes the corpus through
 temporary files renamed into place.
+
+Data safety (``fairseq_bso.safe_io``): the corpus files are outputs under the package's one writer rule:
+an existing ``DIR/<subset>.<lang>`` that this task did not write (e.g. ``--kd-output-dir`` naming the raw
+data folder that holds the gold ``train.src/train.tgt``), or one that is an input, is refused before
+anything is generated, naming both paths; ``--kd-output-dir`` naming a file is refused.  The manifest
+binds the logs to what they were made from: the data folder and a SHA-256 of the subset's binarized files
+and dictionaries, a SHA-256 of the teacher's weights, and every generation option that changes the
+output; resuming against anything else is refused naming each difference.  Written files follow the
+umask; a failed write (full disk, file size limit) names the file.
 """
 
 import json
@@ -23,7 +32,17 @@ import os
 from typing import Dict, Iterable, List, Optional, Sequence
 
 from ..fault_points import fault_point
-from ..prep import write_atomic
+from ..safe_io import (WriteError, check_output_folder, check_outputs, write_json, write_lines,
+                       write_outputs)
+
+COMMAND = "fairseq-generate --task seq_kd"
+# what the manifest's keys are, for the refusal of a resume against other data, teacher or options
+DESCRIPTIONS = {
+    "data": "the data folder", "data_files": "the subset's binarized files", "data_sha256":
+    "the SHA-256 of the subset's binarized files and dictionaries (other data)", "teacher_sha256":
+    "the SHA-256 of the teacher's weights (another checkpoint)", "num_sentences": "the subset's sentence count",
+    "batch_ids_digest": "the batches (other batch options or data)",
+}
 
 logger = logging.getLogger(__name__)
 
@@ -37,12 +56,13 @@ class CorpusStore:
                  write_scores: bool = False):
         if not out_dir:
             raise ValueError("--task seq_kd needs --kd-output-dir DIR (where the distillation corpus goes)")
+        check_output_folder(out_dir, "--kd-output-dir")
         if not 0 <= shard_id < num_shards:
             raise ValueError(f"shard {shard_id} of {num_shards}: the shard id must be in [0, {num_shards})")
         self.out_dir, self.subset, self.src, self.tgt = out_dir, subset, src, tgt
         self.shard_id, self.num_shards, self.write_scores = shard_id, num_shards, write_scores
         self.work = os.path.join(out_dir, ".seq_kd")
-        os.makedirs(self.work, exist_ok=True)
+        self.inputs: List[str] = []
         self.done_ids: set = set()
         self._log = None
 
@@ -60,21 +80,38 @@ class CorpusStore:
             paths.append(os.path.join(self.out_dir, f"{self.subset}.score"))
         return paths
 
+    def check_outputs(self, inputs: Sequence[str]) -> None:
+        """The writer rule, before anything is generated: refuse outputs that are inputs or files this task did
+        not write; then create the work folder."""
+        self.inputs = list(inputs)
+        check_outputs(self.output_paths(), self.inputs, COMMAND, force=False, force_option=None,
+                      what=f"--kd-output-dir {self.out_dir}")
+        self._make_work()
+
+    def _make_work(self) -> None:
+        try:
+            os.makedirs(self.work, exist_ok=True)
+        except OSError as e:
+            raise WriteError(e.errno, f"--kd-output-dir {self.out_dir}: cannot create {self.work} ({e.strerror})") from e
+
     # -- settings ------------------------------------------------------------------------------------------
     def check_settings(self, settings: Dict) -> None:
         """Refuse to resume logs written with other settings (they would mix two corpora)."""
         settings = json.loads(json.dumps(settings, sort_keys=True, default=str))
+        self._make_work()
         if os.path.exists(self.manifest_path):
             with open(self.manifest_path, encoding="utf-8") as f:
                 old = json.load(f)
             if old != settings:
                 diff = sorted(k for k in set(old) | set(settings) if old.get(k) != settings.get(k))
+                named = [f"{k}{' (' + DESCRIPTIONS[k] + ')' if k in DESCRIPTIONS else ''}: {old.get(k)!r} -> "
+                         f"{settings.get(k)!r}" for k in diff]
                 raise SettingsMismatch(
-                    f"{self.manifest_path}: the partial corpus in {self.work} was generated with other settings "
-                    f"({', '.join(f'{k}: {old.get(k)!r} -> {settings.get(k)!r}' for k in diff)}); rerun with the "
-                    f"same options, or delete {self.work} (or pick another --kd-output-dir) to start over")
+                    f"{self.manifest_path}: the corpus in {self.work} was generated from other data, teacher or "
+                    f"settings ({'; '.join(named)}); rerun with the same data, checkpoint and options, or delete "
+                    f"{self.work} (or pick another --kd-output-dir) to start over")
         else:
-            write_atomic(self.manifest_path, [json.dumps(settings, sort_keys=True)])
+            write_json(self.manifest_path, settings, sort_keys=True)
 
     # -- the shard log ---------------------------------------------------------------------------------------
     @staticmethod
@@ -93,6 +130,7 @@ class CorpusStore:
 
     def open_shard(self) -> None:
         """Load what this shard already logged and open its log for appending."""
+        self._make_work()
         records = self._read_log(self._shard_path(self.shard_id, "jsonl"), repair=True)
         self.done_ids = {r["id"] for r in records}
         self._log = open(self._shard_path(self.shard_id, "jsonl"), "a", encoding="utf-8")
@@ -102,9 +140,13 @@ class CorpusStore:
         lines = [json.dumps(r, ensure_ascii=False) + "\n" for r in records]
         text = "".join(lines)
         fault_point("seq_kd.append_batch", log=self._log, text=text)  # tests: a kill halfway through this write
-        self._log.write(text)
-        self._log.flush()
-        os.fsync(self._log.fileno())
+        try:
+            self._log.write(text)
+            self._log.flush()
+            os.fsync(self._log.fileno())
+        except OSError as e:  # a full disk, a file size limit: the torn line is dropped on the next run
+            raise WriteError(e.errno, f"{self._log.name}: cannot write ({e.strerror or e}); the batches logged "
+                                      f"before are kept: rerun the same command once there is room") from e
         self.done_ids.update(json.loads(line)["id"] for line in lines)
 
     # -- completion and merge --------------------------------------------------------------------------------
@@ -118,7 +160,7 @@ class CorpusStore:
         if self._log is not None:
             self._log.close()
             self._log = None
-        write_atomic(self._shard_path(self.shard_id, "done"), [str(len(expected_ids))])
+        write_lines(self._shard_path(self.shard_id, "done"), [str(len(expected_ids))])
         return self.merge_if_complete()
 
     def merge_if_complete(self) -> bool:
@@ -134,10 +176,10 @@ class CorpusStore:
         ids = sorted(by_id)
         records = [by_id[i] for i in ids]
         paths = self.output_paths()
-        write_atomic(paths[0], (r["src"] for r in records))
-        write_atomic(paths[1], (r["hyp"] for r in records))
+        files = {paths[0]: [r["src"] for r in records], paths[1]: [r["hyp"] for r in records]}
         if self.write_scores:
-            write_atomic(paths[2], (f"{r['score']:.6f}" for r in records))
+            files[paths[2]] = [f"{r['score']:.6f}" for r in records]
+        write_outputs(files, COMMAND, inputs=self.inputs, what=f"--kd-output-dir {self.out_dir}")
         logger.info(f"seq_kd: wrote {len(records)} lines to {', '.join(paths)}")
         self._warn_missing(ids)
         return True

@@ -27,10 +27,19 @@ Everything else is the translation task: the task only watches the batches go
 by (``inference_step``) and keeps its own shard log; see ``fairseq_bso.distill.corpus``
 for resume, sharding (``--distributed-world-size N --distributed-rank r``, one
 process per shard) and the atomic merge.
+
+The resume is bound to its data: the manifest records the data folder, a SHA-256 of the
+subset's binarized files and the dictionaries (:func:`data_identity`), a SHA-256 of the
+teacher's weights (:func:`weights_sha256`, names and bytes of every tensor of the ensemble's
+state dicts) and the generation options; a run against anything else is refused naming each
+difference.  Outputs follow ``fairseq_bso.safe_io``'s writer rule (checked before generating).
 """
 
+import hashlib
 import logging
 import math
+import os
+import re
 from dataclasses import dataclass, field
 from typing import List, Optional
 
@@ -133,6 +142,8 @@ class SeqKDTask(KeepEveryExample, TranslationTask):
         mine = batches[shard_id::num_shards]  # deterministic: every shard computes the same batch list
         self._store = CorpusStore(self.cfg.kd_output_dir, split, self.cfg.source_lang, self.cfg.target_lang,
                                   shard_id, num_shards, self.cfg.kd_write_scores)
+        identity = data_identity(self.cfg.data, split)
+        self._store.check_outputs(identity["paths"])
         self._store.open_shard()
         self._expected_ids = [i for b in mine for i in b]
         todo = [b for b in mine if not set(b) <= self._store.done_ids]
@@ -146,6 +157,7 @@ class SeqKDTask(KeepEveryExample, TranslationTask):
             "subset": split, "num_sentences": len(dataset), "num_shards": num_shards,
             "batch_ids_digest": hash_batches(batches), "too_long_ids": too_long, "not_batched_ids": not_batched,
             "selection": str(self.cfg.kd_selection),
+            **{k: v for k, v in identity.items() if k != "paths"},
         }
         logger.info(f"seq_kd: {split}, shard {shard_id} of {num_shards}: {len(mine)} batches "
                     f"({len(self._expected_ids)} sentences); {already} already in the log, "
@@ -186,9 +198,7 @@ class SeqKDTask(KeepEveryExample, TranslationTask):
                     "sampling_topk", "sampling_topp", "temperature", "no_repeat_ngram_size", "match_source_len",
                     "diverse_beam_groups", "prefix_size")
             settings = dict(self._settings, **{k: getattr(args, k, None) for k in keys})
-            with torch.no_grad():
-                settings["teacher_checksum"] = round(float(sum(p.double().sum() for m in models
-                                                               for p in m.parameters())), 6)
+            settings["teacher_sha256"] = weights_sha256(models)
             self._store.check_settings(settings)
             if self._remaining == 0:
                 self._store.finish_shard(self._expected_ids)
@@ -239,3 +249,37 @@ def hash_batches(batches) -> str:
     for b in batches:
         h.update((",".join(map(str, b)) + ";").encode())
     return h.hexdigest()[:16]
+
+
+def data_identity(data: str, split: str) -> dict:
+    """What a subset's corpus is made from: the data folder(s) (absolute), the subset's binarized files
+    (``<split>.<src>-<tgt>.<lang>[.bin|.idx]``) and dictionaries (``dict.*.txt``), and a SHA-256 over their
+    names and contents; ``paths`` lists the files (the task's inputs, for the writer rule)."""
+    pattern = re.compile(rf"^{re.escape(split)}\.[^.]+-[^.]+\.[^.]+(\.bin|\.idx)?$|^dict\.[^.]+\.txt$")
+    folders = [os.path.abspath(d) for d in utils.split_paths(data)]
+    paths = []
+    for folder in folders:
+        if os.path.isdir(folder):
+            paths += [os.path.join(folder, n) for n in sorted(os.listdir(folder)) if pattern.match(n)
+                      and os.path.isfile(os.path.join(folder, n))]
+    h = hashlib.sha256()
+    for path in paths:
+        h.update(os.path.basename(path).encode() + b"\0")
+        with open(path, "rb") as f:
+            for chunk in iter(lambda: f.read(1 << 20), b""):
+                h.update(chunk)
+        h.update(b"\0")
+    return {"data": folders, "data_files": [os.path.basename(p) for p in paths], "data_sha256": h.hexdigest(),
+            "paths": paths}
+
+
+def weights_sha256(models) -> str:
+    """SHA-256 of every tensor of the models' state dicts: names, dtypes, shapes and bytes."""
+    h = hashlib.sha256()
+    with torch.no_grad():
+        for m in models:
+            for name, t in m.state_dict().items():
+                t = t.detach().cpu().contiguous()
+                h.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
+                h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()

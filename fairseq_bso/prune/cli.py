@@ -46,21 +46,72 @@ def load(path: str) -> dict:
 
     if not os.path.isfile(path):
         raise SystemExit(f"fairseq-bso-prune: {path}: no such file")
+    from ..fairseq_fixes.checkpoint_files import describe_load_error, describe_nonfinite, nonfinite_parameters
+
     try:
         state = torch.load(path, map_location="cpu")
-    except Exception as e:  # truncated or not a checkpoint
-        raise SystemExit(f"fairseq-bso-prune: {path}: cannot be read as a fairseq checkpoint ({e.__class__.__name__}: "
-                         f"{str(e).splitlines()[0] if str(e) else ''})")
+    except Exception as e:  # truncated, not a checkpoint, or a global safe loading blocks (named, no unsafe advice)
+        raise SystemExit(f"fairseq-bso-prune: {describe_load_error(path, e)}")
     if not isinstance(state, dict) or "model" not in state:
         raise SystemExit(f"fairseq-bso-prune: {path}: not a fairseq checkpoint (no 'model' entry)")
+    found = nonfinite_parameters(state["model"])
+    if found:
+        raise SystemExit(f"fairseq-bso-prune: {describe_nonfinite(path, found)}")
     return state
 
 
 def save_atomic(obj, path: str) -> int:
-    tmp = path + ".tmp"
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
-    return os.path.getsize(path)
+    """``torch.save`` through a temporary file renamed into place, with the umask's permissions
+    (``safe_io.write_with``); a failed write names ``path`` and leaves the old file."""
+    from ..safe_io import write_with
+
+    return write_with(path, lambda tmp: torch.save(obj, tmp))
+
+
+def check_write_paths(command: str, inputs, outputs, force: bool) -> None:
+    """The package's writer rule (``fairseq_bso.safe_io``) for export/densify: no output is an input or another
+    output, no existing file this command did not write is overwritten (unless ``--force``), and every
+    output's folder exists."""
+    from ..safe_io import OutputRefused, check_outputs, check_parent_exists
+
+    outputs = [o for o in outputs if o]
+    try:
+        for out in outputs:
+            check_parent_exists(out, "")
+        check_outputs(outputs, inputs, f"fairseq-bso-prune {command}", force=force)
+    except OutputRefused as e:
+        raise SystemExit(f"fairseq-bso-prune {command}: error: {e}")
+
+
+def save_outputs(command: str, items) -> list:
+    """Write (object, path) pairs atomically and record them as this command's; returns the sizes."""
+    from ..safe_io import WriteError, record_outputs
+
+    sizes = []
+    try:
+        for obj, path in items:
+            sizes.append(save_atomic(obj, path))
+    except WriteError as e:
+        raise SystemExit(f"fairseq-bso-prune {command}: error: {e}")
+    record_outputs([path for _, path in items], f"fairseq-bso-prune {command}")
+    return sizes
+
+
+def load_sparse(path: str) -> dict:
+    """A ``--sparse`` copy, loaded safely, with errors naming the file."""
+    import fairseq_bso  # noqa: F401
+    from ..fairseq_fixes.checkpoint_files import describe_load_error
+
+    if not os.path.isfile(path):
+        raise SystemExit(f"fairseq-bso-prune densify: {path}: no such file")
+    try:
+        packed = torch.load(path, map_location="cpu")
+    except Exception as e:
+        raise SystemExit(f"fairseq-bso-prune densify: {describe_load_error(path, e)}")
+    if not isinstance(packed, dict) or packed.get("format") != SPARSE_FORMAT:
+        raise SystemExit(f"fairseq-bso-prune densify: {path}: not a {SPARSE_FORMAT} file (written by "
+                         f"fairseq-bso-prune export --sparse)")
+    return packed
 
 
 def stats(state: dict, kinds=KINDS) -> str:
@@ -169,12 +220,16 @@ def main(argv=None) -> None:
     p.add_argument("checkpoint")
     p.add_argument("output")
     p.add_argument("--sparse", metavar="PATH", help="also write a compact sparse copy here")
+    p.add_argument("--force", action="store_true",
+                   help="overwrite existing files this command did not write (never the input checkpoint)")
     p.add_argument("--user-dir", metavar="DIR",
                    help="the folder that registers the checkpoint's task, when it is your own (a pruned twin of it "
                         "is exported as your task)")
     p = sub.add_parser("densify", help="turn a --sparse copy back into a checkpoint")
     p.add_argument("sparse")
     p.add_argument("output")
+    p.add_argument("--force", action="store_true",
+                   help="overwrite an existing file this command did not write (never the input)")
     args = parser.parse_args(argv)
 
     if args.command == "stats":
@@ -187,19 +242,20 @@ def main(argv=None) -> None:
         if args.user_dir:
             from fairseq.utils import import_user_module
             import_user_module(argparse.Namespace(user_dir=args.user_dir))
+        check_write_paths("export", [args.checkpoint], [args.output, args.sparse], args.force)
         state = load(args.checkpoint)
         out, notes = stock_checkpoint(state)
-        size = save_atomic(out, args.output)
+        items = [(out, args.output)] + ([(to_sparse(out), args.sparse)] if args.sparse else [])
+        sizes = save_outputs("export", items)
         for note in notes:
             print(f"note: {note}", file=sys.stderr)
-        print(f"wrote {args.output}: {size:,} bytes (stock fairseq checkpoint)")
+        print(f"wrote {args.output}: {sizes[0]:,} bytes (stock fairseq checkpoint)")
         if args.sparse:
-            size = save_atomic(to_sparse(out), args.sparse)
-            print(f"wrote {args.sparse}: {size:,} bytes (sparse copy; fairseq-bso-prune densify restores it)")
+            print(f"wrote {args.sparse}: {sizes[1]:,} bytes (sparse copy; fairseq-bso-prune densify restores it)")
     else:
-        import fairseq_bso  # noqa: F401
-        packed = torch.load(args.sparse, map_location="cpu")
-        size = save_atomic(from_sparse(packed), args.output)
+        check_write_paths("densify", [args.sparse], [args.output], args.force)
+        packed = load_sparse(args.sparse)
+        size, = save_outputs("densify", [(from_sparse(packed), args.output)])
         print(f"wrote {args.output}: {size:,} bytes")
 
 
