@@ -120,9 +120,23 @@ def permutation_allowed(src_words, eos):
     return allowed
 
 
+_REFERENCES = {}
+
+
 def reference(model, d, sample, beam=K, cost="zero_one", margin=1.0, score="logit", gold_kth="self", stop=False,
               constraint=False, nll=0.0):
-    """(loss, violations, Δ sum, distinct Δ values) of the literal Algorithm 1 summed over the batch."""
+    """(loss, violations, Δ sum, distinct Δ values) of the literal Algorithm 1 summed over the batch
+    (memoized on the arguments, the model's weights and the batch: several tests share a setting)."""
+    with torch.no_grad():
+        key = (beam, cost, margin, score, gold_kth, stop, constraint, nll, str(sample["target"].tolist()),
+               str(sample["net_input"]["src_tokens"].tolist()),
+               tuple(float(p.double().sum()) for p in model.parameters()))
+    if key not in _REFERENCES:
+        _REFERENCES[key] = _reference(model, d, sample, beam, cost, margin, score, gold_kth, stop, constraint, nll)
+    return _REFERENCES[key]
+
+
+def _reference(model, d, sample, beam, cost, margin, score, gold_kth, stop, constraint, nll):
     loss, violations, deltas = 0.0, 0, []
     for src_row, tgt_row in zip(sample["net_input"]["src_tokens"], sample["target"]):
         src, gold = unpadded(src_row, d.pad()), unpadded(tgt_row, d.pad())
@@ -326,6 +340,50 @@ def test_constraint_reaches_the_training_search(sampled):
         wants[constraint] = reference(model, d, sample, constraint=constraint != "none")
         assert_matches(got, log, wants[constraint], f"--constraint {constraint}")
     assert_differ(wants["none"], wants["word_order"], "--constraint")
+
+
+def train_line(stdout):
+    """{stat: value} of fairseq-train's epoch-1 train line."""
+    line = re.search(r"\| train \| epoch 001 \|.*", stdout)
+    assert line, stdout[-3000:]
+    return {k: float(v) for k, v in re.findall(r"\| (\w+) ([-\d.]+)", line.group(0))}
+
+
+def test_conbso_trains_with_the_constraint_through_fairseq_train(word_order_bin, nll_checkpoint, tmp_path):
+    """ConBSO through fairseq-train: one update from the NLL checkpoint on one batch of the 20 validation
+    pairs (--train-subset valid).  The logged training loss and violations per sentence are the literal
+    reference's with the brute-force word-order constraint, not the unconstrained reference's (which
+    --constraint none logs); the trained model then decodes permutations of the source."""
+    from fairseq import checkpoint_utils
+    task, model, _, _ = build(word_order_bin, BSO)
+    model.load_state_dict(checkpoint_utils.load_checkpoint_to_cpu(nll_checkpoint)["model"])
+    model = model.double().eval()
+    d = task.target_dictionary
+    sample = valid_batch(task, n=20)
+    n = sample["target"].size(0)
+    assert n == 20
+    refs = {c: reference(model, d, sample, constraint=c == "word_order") for c in ("none", "word_order")}
+    assert_differ(refs["none"], refs["word_order"], "--constraint on the validation pairs")
+    save = str(tmp_path / "conbso")
+    proc = harness.train(word_order_bin, save, criterion=BSO[2:], max_epoch=1, extra=[
+        "--finetune-from-model", nll_checkpoint, "--task", "constrained_beam_training", "--constraint", "word_order",
+        "--train-subset", "valid", "--batch-size", "20", "--max-update", "1", "--disable-validation"])
+    stats = train_line(proc.stdout)
+    (loss, violations), (free_loss, free_violations) = ((r[0] / n, r[1] / n) for r in (refs["word_order"],
+                                                                                        refs["none"]))
+    # logged rounded to 3 decimals; the run is float32 (rounding ~1e-6 of the loss)
+    tolerance = 5e-4 + 1e-5 * loss
+    assert abs(free_loss - loss) > 100 * tolerance  # the unconstrained search's loss is far off
+    assert abs(stats["loss"] - loss) <= tolerance, \
+        f"logged loss {stats['loss']}, reference with the constraint {loss:.4f}, without {free_loss:.4f}"
+    assert abs(stats["violations"] - violations) <= 5e-4, f"logged violations per sentence " \
+        f"{stats['violations']}, reference with the constraint {violations}, without {free_violations}"
+    out = harness.generate(word_order_bin, os.path.join(save, "checkpoint_last.pt"), beam=3,
+                           extra=["--task", "constrained_beam_training", "--constraint", "word_order"]).stdout
+    srcs = dict(re.findall(r"^S-(\d+)\t(.*)$", out, re.M))
+    hyps = re.findall(r"^H-(\d+)\t\S+\t(.*)$", out, re.M)
+    assert len(hyps) == len(srcs) == 20
+    assert all(sorted(h.split()) == sorted(srcs[i].split()) for i, h in hyps), hyps
 
 
 # -- word_kd -----------------------------------------------------------------------------------------------------
