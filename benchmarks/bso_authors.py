@@ -197,7 +197,8 @@ def report(args, started, nll, per_seed, unfinished):
         "corpus": "examples/word_ordering/data (demo)", "model": demo.MODEL, "batch_size": 64, "clip_norm": 5,
         "valid_decoding_beam": 5, "beams": args.beams, "threads": args.threads, "code": args.code or None,
         "nll": "Adam 2e-3, seed 1, patience 4 on valid BLEU (standard beam 5)",
-        "train_sentences": len(read_lines(os.path.join(args.corpus, "train.tgt"))),
+        "train_sentences": (len(read_lines(os.path.join(args.corpus, "train.tgt")))
+                            if os.path.exists(os.path.join(args.corpus, "train.tgt")) else None),
         "test_sentences": len(args.references)}, seeds=done)
     if done:
         plot(path[:-len(".json")] + ".png", nll, rows)
@@ -259,7 +260,13 @@ def main():
     os.makedirs(args.workdir, exist_ok=True)
     args.corpus = os.path.join(args.workdir, "corpus")
     args.bin = os.path.join(args.corpus, "bin")
-    if not os.path.exists(os.path.join(args.bin, "test.src-tgt.tgt.idx")):
+    prepared = os.path.exists(os.path.join(args.bin, "test.src-tgt.tgt.idx"))
+    if not prepared and args.report:
+        args.references = args.sources = []
+        report(args, started, {"unfinished": True}, {s: None for s in args.seeds},
+               ["the corpus, the NLL start"] + [f"seed {s}" for s in args.seeds])
+        return
+    if not prepared:
         data = os.path.join(ROOT, "examples", "word_ordering", "data")
         files = args.data or [os.path.join(data, f"kjv.{s}.txt.gz") for s in ("train", "valid", "test")]
         prepare_word_order(*files, args.corpus)
@@ -270,8 +277,13 @@ def main():
     if not args.report:
         train(args, nll_dir, ["--criterion", "cross_entropy", "--optimizer", "adam", "--lr", "0.002",
                               "--max-epoch", str(args.nll_max_epochs), "--patience", "4"], seed=1)
-    if not os.path.exists(os.path.join(nll_dir, "done")):
-        raise SystemExit(f"no finished NLL start in {nll_dir}")
+    if not os.path.exists(os.path.join(nll_dir, "done")):  # --report before the NLL start finished
+        valid, seconds = curve(nll_dir + ".log")
+        report(args, started, {"unfinished": True, "valid_curve": valid, "train_seconds_per_epoch": seconds},
+               {s: None for s in args.seeds},
+               [f"the NLL start ({len(valid)} epochs done, until valid BLEU is flat for 4)"]
+               + [f"seed {s}" for s in args.seeds])
+        return
     nll_ckpt = os.path.join(nll_dir, "checkpoint_best.pt")
     valid, seconds = curve(nll_dir + ".log")
     nll = {"valid_curve": valid, "epochs": len(valid), "best_epoch": max(valid, key=lambda e: (e[1], -e[0]))[0],
