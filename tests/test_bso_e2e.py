@@ -84,7 +84,7 @@ def test_rescored_scores_equal_the_search_with_dropout_on(word_order_bin, nll_ch
     enc = model.encoder(net_input["src_tokens"], src_lengths=net_input["src_lengths"])
     with decoder_dropout(model.decoder, dropout, target.size(0)) as shared:
         result = bso_search(model, enc, target, 4, d.pad(), d.eos(), d.bos(), COSTS["zero_one"], score=score,
-                            dropout=shared)
+                            gold_kth="self", dropout=shared)
         scored = rescore(model, enc, target, result, d.pad(), d.eos(), dropout=shared)
     v = result.violation
     assert v.any()
@@ -287,3 +287,40 @@ def test_eval_bleu_decodes_as_generate_and_selects_the_checkpoint(word_order_bin
     assert round(ours, 2) == logged[-1], f"fairseq-generate valid BLEU {ours:.2f} vs --eval-bleu {logged[-1]}"
     best = harness.generate(word_order_bin, os.path.join(save, "checkpoint_best.pt"), beam=3, extra=decoding)
     assert len(re.findall(r"^H-", best.stdout, re.M)) == 20
+
+
+# -- issue 26 item 5 / issue 31: clear edges ----------------------------------------------------------------------
+
+@pytest.mark.parametrize("args,message", [
+    (["--bso-nll-weight", "inf"], "--bso-nll-weight must be >= 0, got inf"),
+    (["--bso-nll-weight", "nan"], "--bso-nll-weight must be >= 0, got nan"),
+    (["--bso-lenpen", "inf"], "--bso-lenpen must be a finite number, got inf"),
+])
+def test_non_finite_bso_options_fail_before_training(word_order_bin, tmp_path, args, message):
+    proc = harness.train(word_order_bin, str(tmp_path), criterion=["--criterion", "bso", *args], check=False)
+    assert proc.returncode != 0
+    assert message in proc.stdout
+    assert "num_updates" not in proc.stdout
+
+
+def test_decoder_without_extract_features_is_refused_before_training(word_order_bin, tmp_path):
+    """fairseq's fconv decoder has no extract_features (the re-scoring's teacher-forced pass needs it):
+    refused when training begins, naming the reason, before any update."""
+    arch = ["--arch", "fconv", "--encoder-embed-dim", "16", "--decoder-embed-dim", "16", "--decoder-out-embed-dim",
+            "16", "--encoder-layers", "[(16, 3)]", "--decoder-layers", "[(16, 3)]", "--dropout", "0.0"]
+    proc = harness.train(word_order_bin, str(tmp_path), arch=arch, criterion=BSO, check=False)
+    assert proc.returncode != 0
+    assert "does not implement it (fairseq's fconv and lightconv decoders do not)" in proc.stdout, proc.stdout[-2000:]
+    assert "num_updates" not in proc.stdout
+
+
+def test_validate_uses_the_checkpoints_beam_size(bso_run, word_order_bin):
+    """fairseq-validate never begins an epoch: K comes from the checkpoint's task state (the epoch it
+    trained; bso_run's last checkpoint is epoch 4, K = min(4, 2 + 3) = 4), not the curriculum's start."""
+    save, _, resumed = bso_run
+    proc = harness.run(["fairseq-validate", word_order_bin, "--user-dir", harness.USER_DIR, "--path",
+                        os.path.join(save, "checkpoint_last.pt"), *TASK, "--cpu", "--valid-subset", "valid",
+                        "--batch-size", "8", *harness.NO_DROP])
+    beams = re.findall(r"bso_beam ([\d.]+)", proc.stdout)
+    assert beams and float(beams[-1]) == 4.0, proc.stdout[-2000:]
+    assert epoch_beams(resumed)[4] == 4.0
