@@ -10,9 +10,11 @@ Protocol (fixed before the runs): for each seed, ``examples/word_ordering/demo.p
 the first recipe trains the NLL model, seq2seq, BSO and ConBSO; every further recipe reuses that
 seed's corpus, NLL model and seq2seq row (symlinks) and trains its own BSO and ConBSO rows. Rows
 train two at a time, one thread each. Test BLEU at beams 1 / 5 / 10 (400 sentences, tokenized
-sacrebleu, as the demo prints it), the valid BLEU curve of every row from its fairseq-train log,
-the per-recipe mean over seeds of BSO − seq2seq at beam 5, and sacrebleu's paired bootstrap of
-each row's beam 5 against seq2seq's per seed. Figures were measured with the two
+sacrebleu, as the demo prints it), every row also decoded with the word_order constraint (ConBSO:
+also without it), the valid BLEU curve of every row from its fairseq-train log, the per-recipe
+mean over seeds of BSO − seq2seq at beam 5 and of ConBSO − (seq2seq + constrained decoding), and
+sacrebleu's paired bootstrap of each row's beam 5 against seq2seq's per seed, unconstrained and
+constrained. Figures were measured with the two
 cores shared by the runs (not a timing).
 
     python3 benchmarks/demo_recipes.py --seeds 1 2 3 --recipes log_softmax log_softmax_nll
@@ -70,18 +72,26 @@ def run_seed(args, seed):
             subprocess.run(cmd, stdout=out, stderr=subprocess.STDOUT, check=True)
 
 
-def bootstrap(workdir, names):
-    """sacrebleu's paired bootstrap of every row's test beam-5 output against seq2seq's (tokenized text)."""
+def bootstrap(workdir, names, constrained=False):
+    """sacrebleu's paired bootstrap of every row's test beam-5 output against seq2seq's (tokenized text); with
+    ``constrained``, every row's output decoded with the word_order constraint (ConBSO's own) against seq2seq's."""
     references = read_lines(os.path.join(workdir, "corpus", "test.tgt"))
     hypotheses = {}
     for name in names:
-        with open(os.path.join(workdir, f"generate.{name}.beam5.log")) as f:
+        log = f"{name}.test_constrained" if constrained and name != "conbso" else name
+        with open(os.path.join(workdir, f"generate.{log}.beam5.log")) as f:
             hypotheses[name] = parse_hypotheses(f.read(), len(references))
     return paired_bootstrap(hypotheses, references, tokenize="none")
 
 
+def demo_rows(results):
+    """{row: {"test": ..., "test_constrained": ...}} from a demo results.json (before issue 29 a row held only its
+    own decoding's scores)."""
+    return {name: (r if "test" in r else {"test": r}) for name, r in results.items()}
+
+
 def report(args, started):
-    runs, gaps = {}, {r: [] for r in args.recipes}
+    runs, gaps, con_gaps = {}, {r: [] for r in args.recipes}, {r: [] for r in args.recipes}
     for seed in args.seeds:
         for recipe in args.recipes:
             workdir = os.path.join(args.workdir, f"s{seed}_{recipe}")
@@ -89,19 +99,30 @@ def report(args, started):
             if not os.path.exists(path):
                 continue
             with open(path) as f:
-                test = json.load(f)
-            rows = {name: {"test": scores, "valid_curve": valid_curve(os.path.join(workdir, name + ".log"))}
-                    for name, scores in test.items()}
+                test = demo_rows(json.load(f))
+            rows = {name: {**r, "valid_curve": valid_curve(os.path.join(workdir, name + ".log"))}
+                    for name, r in test.items()}
             runs[f"s{seed}_{recipe}"] = {"seed": seed, "recipe": recipe, "rows": rows,
                                          "paired_bootstrap_beam5": bootstrap(workdir, list(test))}
-            gaps[recipe].append(round(test["bso"]["5"] - test["seq2seq"]["5"], 2))
+            if all("test_constrained" in r for r in test.values()):
+                runs[f"s{seed}_{recipe}"]["paired_bootstrap_beam5_constrained"] = bootstrap(workdir, list(test), True)
+            gaps[recipe].append(round(test["bso"]["test"]["5"] - test["seq2seq"]["test"]["5"], 2))
+            if "conbso" in test and "test_constrained" in test["seq2seq"]:  # ConBSO's training effect
+                con_gaps[recipe].append(
+                    round(test["conbso"]["test"]["5"] - test["seq2seq"]["test_constrained"]["5"], 2))
     summary = {}
     for recipe, g in gaps.items():
         if g:
             summary[recipe] = {"bso_minus_seq2seq_beam5": g, "mean": round(statistics.mean(g), 2),
                                "sd": round(statistics.stdev(g), 2) if len(g) > 1 else None}
+            c = con_gaps[recipe]
+            if c:
+                summary[recipe]["conbso_minus_seq2seq_constrained_decoding_beam5"] = {
+                    "per_seed": c, "mean": round(statistics.mean(c), 2),
+                    "sd": round(statistics.stdev(c), 2) if len(c) > 1 else None}
     for key, run in runs.items():
         t = {n: r["test"] for n, r in run["rows"].items()}
+        t.update({n + "+con": r["test_constrained"] for n, r in run["rows"].items() if "test_constrained" in r})
         print(key, " | ".join(f"{n} {s['1']:.2f}/{s['5']:.2f}/{s['10']:.2f}" for n, s in t.items()))
     print(json.dumps(summary, indent=1))
     write_results(args.name, {"runs": runs, "summary": summary,

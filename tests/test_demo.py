@@ -6,6 +6,7 @@ import subprocess
 import sys
 
 import harness
+from fairseq_bso.evaluation import parse_hypotheses
 
 
 def test_demo_runs_every_row_and_prints_the_table(tmp_path):
@@ -19,13 +20,41 @@ def test_demo_runs_every_row_and_prints_the_table(tmp_path):
         [sys.executable, os.path.join(harness.ROOT, "examples", "word_ordering", "demo.py"), "--workdir", work,
          "--train", f"{folder}/train.txt", "--valid", f"{folder}/valid.txt", "--test", f"{folder}/test.txt",
          "--nll-epochs", "1", "--extra-epochs", "1", "--beams", "1", "2", "--seed", "3"],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=600, env=harness.env_without_overrides())
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=900, env=harness.env_without_overrides())
     assert proc.returncode == 0, proc.stdout[-3000:]
+    check_demo(work, proc.stdout)
+
+
+def check_demo(work, stdout):
+    """The demo's results, table and logs in ``work`` (a run with --beams 1 2 --seed 3 on 10 test sentences)."""
     results = json.load(open(os.path.join(work, "results.json")))
     assert sorted(results) == ["bso", "bso_paper", "conbso", "seq2seq"]
-    assert all(sorted(r) == ["1", "2"] for r in results.values()), results
-    table = [line.split("|")[1].strip() for line in proc.stdout.splitlines() if line.startswith("| ")]
-    assert table == ["method", "seq2seq", "BSO", "ConBSO", "BSO, paper recipe"], proc.stdout[-2000:]
+    # every row tested as trained and with the word_order constraint at decoding (ConBSO: also without it)
+    for name, r in results.items():
+        keys = ["test", "test_constrained"] + (["test_unconstrained"] if name == "conbso" else [])
+        assert sorted(r) == keys, (name, r)
+        assert all(sorted(scores) == ["1", "2"] for scores in r.values()), (name, r)
+    assert results["conbso"]["test_constrained"] == results["conbso"]["test"]
+    table = [line.split("|")[1].strip() for line in stdout.splitlines() if line.startswith("| ")]
+    assert table == ["method", "seq2seq", "seq2seq + constrained decoding", "BSO", "BSO + constrained decoding",
+                     "ConBSO", "ConBSO, unconstrained decoding", "BSO, paper recipe",
+                     "BSO, paper recipe + constrained decoding"], stdout[-2000:]
+    # the constrained rows were decoded with the constraint: every output is a permutation of its source, and
+    # the unconstrained ones were not (an LSTM after one epoch on random words drops or repeats some)
+    sources = open(os.path.join(work, "corpus", "test.src")).read().split("\n")[:10]
+    broken = {}
+    for log_name in ("seq2seq.test_constrained", "bso.test_constrained", "conbso", "bso_paper.test_constrained",
+                     "seq2seq", "bso", "conbso.test_unconstrained", "bso_paper"):
+        for beam in (1, 2):
+            with open(os.path.join(work, f"generate.{log_name}.beam{beam}.log")) as f:
+                text = f.read()
+            hyps = parse_hypotheses(text, len(sources))
+            wanted = "word_order" if log_name.endswith("test_constrained") or log_name == "conbso" else "none"
+            assert f"'constraint': '{wanted}'" in text, (log_name, beam)
+            broken[log_name, beam] = sum(sorted(h.split()) != sorted(s.split()) for h, s in zip(hyps, sources))
+    constrained = {k: v for k, v in broken.items() if k[0].endswith("test_constrained") or k[0] == "conbso"}
+    assert all(v == 0 for v in constrained.values()), constrained
+    assert sum(v for k, v in broken.items() if k not in constrained) > 0, broken
     # every row validated with --eval-bleu and kept its best checkpoint
     for row in ("seq2seq", "bso", "conbso", "bso_paper"):
         assert os.path.exists(os.path.join(work, row, "checkpoint_best.pt"))
