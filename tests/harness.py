@@ -41,7 +41,12 @@ def env_without_overrides():
     return env
 
 
-def run(cmd: Sequence[str], check: bool = True, timeout: int = 300) -> subprocess.CompletedProcess:
+# a hung command fails its test after this many seconds; FAIRSEQ_BSO_TEST_TIMEOUT raises it on a loaded machine
+TIMEOUT = int(os.environ.get("FAIRSEQ_BSO_TEST_TIMEOUT", "300"))
+
+
+def run(cmd: Sequence[str], check: bool = True, timeout: Optional[int] = None) -> subprocess.CompletedProcess:
+    timeout = TIMEOUT if timeout is None else timeout
     proc = subprocess.run(list(cmd), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                           env=env_without_overrides(), timeout=timeout)
     if check and proc.returncode != 0:

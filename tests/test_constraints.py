@@ -119,7 +119,7 @@ def test_conbso_search_equals_reference_with_constraint(seed, K):
     enc = model.encoder(src, src_lengths=torch.tensor([len(s) for s in srcs]))
     with deterministic_decoder(model.decoder):
         result = bso_search(model, enc, target, K, d.pad(), d.eos(), d.bos(), COSTS["zero_one"],
-                            constraint=c, src_tokens=src)
+                            score="logit", gold_kth="self", constraint=c, src_tokens=src)
         scored = rescore(model, enc, target, result, d.pad(), d.eos())
     loss = bso_loss(scored.gold, scored.violating, result)
     ref_total = 0.0
