@@ -85,11 +85,9 @@ def write_results(name: str, results: dict, started: float, settings=None, seeds
     results["wall_seconds"] = round(time.time() - started, 1)
     os.makedirs(RESULTS, exist_ok=True)
     path = os.path.join(RESULTS, f"{name}.json")
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        json.dump(results, f, indent=2)
-        f.write("\n")
-    os.replace(tmp, path)
+    from fairseq_bso import safe_io
+
+    safe_io.write_text(path, json.dumps(results, indent=2) + "\n")  # atomic, follows the umask
     print(f"wrote {path}")
     return path
 

@@ -45,6 +45,7 @@ ROOT = os.path.dirname(os.path.dirname(HERE))
 sys.path.insert(0, ROOT)
 
 from fairseq_bso.evaluation import corpus_bleu, parse_hypotheses  # noqa: E402
+from fairseq_bso import safe_io  # noqa: E402
 from fairseq_bso.path import user_dir  # noqa: E402
 from fairseq_bso.prep import prepare_word_order, read_lines  # noqa: E402
 
@@ -214,9 +215,7 @@ def main():
         results = dict(pool.map(row, args.methods))
 
     out = os.path.join(args.workdir, "results.json")
-    with open(out + ".tmp", "w") as f:
-        json.dump(results, f, indent=2)
-    os.replace(out + ".tmp", out)
+    safe_io.write_json(out, results, indent=2)  # atomic, follows the umask, names the file on failure
     print()
     print(f"Word ordering, test BLEU ({len(references)} sentences, sacrebleu on tokenized text)")
     table = []  # (label, scores): every row as trained, then with / without the constraint at decoding
