@@ -655,6 +655,9 @@ def report(ctx):
                 "generation_throughput_ratio": tp and tp["ratio_median"],
                 "generation_throughput": tp and {**tp, "quiet": tp.get("quiet")},
                 "suite_wall_seconds": suite_wall(ctx),
+                "suite_wall_note": "sum of the command's invocations' wall time, from the first stage to the "
+                                   "results, including the speed stage's wait for the quiet file "
+                                   "(stage_wall_seconds: each stage's own wall)",
                 "stage_wall_seconds": walls,
                 "corpora": load(ctx.path("corpora.json")),
                 "models": {"teacher": " ".join(ctx.teacher_arch), "student": " ".join(ctx.student_arch)},
