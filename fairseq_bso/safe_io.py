@@ -191,22 +191,11 @@ def check_parent_exists(path: str, what: str) -> None:
 
 # -- atomic single-file writers ---------------------------------------------------------------------------------
 def _write_atomic(path: str, fill: Callable, binary: bool) -> None:
-    folder = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-" + os.path.basename(path) + ".")
-    try:
-        os.fchmod(fd, new_file_mode())
-        with os.fdopen(fd, "wb" if binary else "w", **({} if binary else {"encoding": "utf-8", "newline": "\n"})) as f:
+    def save(tmp: str) -> None:
+        with open(tmp, "wb" if binary else "w", **({} if binary else {"encoding": "utf-8", "newline": "\n"})) as f:
             fill(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException as e:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        if isinstance(e, OSError) and not isinstance(e, WriteError):
-            raise WriteError(e.errno, f"{path}: cannot write ({e.strerror or e}); the old file, if any, is "
-                                      f"unchanged") from e
-        raise
+
+    write_with(path, save)
 
 
 def write_lines(path: str, lines: Iterable[str]) -> None:
