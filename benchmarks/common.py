@@ -40,6 +40,25 @@ def log_stats(path: str):
                 yield None, line
 
 
+def log_curve(paths):
+    """(valid BLEU by epoch, epochs trained, training wall seconds, early-stopped) from the json logs of one run
+    (``--log-format json``; a resumed run has several, read in order: the later value of an epoch wins; the wall
+    time is fairseq's meter per invocation, summed over them)."""
+    curve, epochs, wall, early = {}, 0, 0.0, False
+    for path in paths:
+        file_wall = 0.0  # fairseq's wall meter: seconds since this invocation started
+        for kind, stats in log_stats(path):
+            if kind is None:
+                early = early or "early stop since valid performance hasn't improved" in stats
+                continue
+            epochs = max(epochs, int(stats["epoch"]))
+            file_wall = max(file_wall, float(stats.get(f"{kind}_wall", 0)))
+            if kind == "valid" and "valid_bleu" in stats:
+                curve[int(stats["epoch"])] = float(stats["valid_bleu"])
+        wall += file_wall
+    return curve, epochs, wall, early
+
+
 def tagged_results(name: str, tag_prefix: str):
     """[(tag, results)] of the files ``results/{name}{tag}.json`` written by a ``--tag {tag_prefix}...`` run
     (e.g. ``tagged_results("pruning", "_lr")`` reads pruning_lr1e-3.json as tag "_lr1e-3"), sorted by name."""

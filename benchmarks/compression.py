@@ -63,28 +63,11 @@ os.environ.setdefault("MKL_NUM_THREADS", "1")
 
 import common  # noqa: E402
 import deen  # noqa: E402
-from common import WORK, git_commit, log_stats  # noqa: E402
+from common import WORK, git_commit, log_curve  # noqa: E402
 from deen import corpus_bleu, demo, generation_speed, parse_hypotheses, user_dir  # noqa: E402
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 SEED = 1
-
-
-def run(cmd, logfile, echo=lambda line: False):
-    """``demo.run`` with the log written line by line (a running stage's log shows its progress)."""
-    demo.log("+ " + " ".join(cmd))
-    with open(logfile, "w", buffering=1) as out:
-        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-        lines = []
-        for line in proc.stdout:
-            out.write(line)
-            lines.append(line)
-            if echo(line):
-                print("    " + line.rstrip().split(" | INFO | ")[-1][:200], flush=True)
-        if proc.wait() != 0:
-            sys.stdout.write("".join(lines[-40:]))
-            raise SystemExit(f"command failed ({proc.returncode}); full log: {logfile}")
-    return "".join(lines)
 
 
 def arch(dim, layers, dropout):
@@ -166,7 +149,7 @@ def data(args):
 
 
 def preprocess(trainpref, text, dict_bin, dest, log):
-    run(["fairseq-preprocess", "--source-lang", "de", "--target-lang", "en", "--trainpref", trainpref,
+    demo.run(["fairseq-preprocess", "--source-lang", "de", "--target-lang", "en", "--trainpref", trainpref,
               "--validpref", f"{text}/valid.spm", "--testpref", f"{text}/test.spm", "--srcdict",
               f"{dict_bin}/dict.de.txt", "--tgtdict", f"{dict_bin}/dict.en.txt", "--destdir", dest, "--workers", "1"],
              log)
@@ -240,7 +223,7 @@ def train(ctx, name, bin_dir, model, crit, epochs, lr, max_tokens, extra=()):
            "--eval-bleu-args", json.dumps({"beam": 1, "max_len_a": 1.5, "max_len_b": 10}),
            "--best-checkpoint-metric", "bleu", "--maximize-best-checkpoint-metric",
            "--log-format", "json", "--log-interval", "50", "--no-progress-bar"]
-    run(cmd, save + f".{int(time.time())}.log", demo.train_progress)
+    demo.run(cmd, save + f".{int(time.time())}.log", demo.train_progress)
     with open(os.path.join(save, "settings.json"), "w") as f:
         json.dump({"epochs": epochs, "lr": lr, "total_updates": total, "max_tokens": max_tokens, "command": cmd},
                   f, indent=1)
@@ -250,17 +233,7 @@ def train(ctx, name, bin_dir, model, crit, epochs, lr, max_tokens, extra=()):
 def run_info(ctx, name):
     """Valid BLEU curve [[epoch, bleu]], epochs, training wall seconds (fairseq's meters, summed over resumed
     invocations) of a run, from its json logs."""
-    curve, epochs, wall = {}, 0, 0.0
-    for path in sorted(glob.glob(ctx.path(name + ".*.log"))):
-        file_wall = 0.0
-        for kind, stats in log_stats(path):
-            if kind is None:
-                continue
-            epochs = max(epochs, int(stats["epoch"]))
-            file_wall = max(file_wall, float(stats.get(f"{kind}_wall", 0)))
-            if kind == "valid" and "valid_bleu" in stats:
-                curve[int(stats["epoch"])] = float(stats["valid_bleu"])
-        wall += file_wall
+    curve, epochs, wall, _ = log_curve(sorted(glob.glob(ctx.path(name + ".*.log"))))
     curve = sorted(curve.items())
     info = {"epochs": epochs, "train_wall_seconds": round(wall, 1), "valid_bleu_curve": [list(c) for c in curve]}
     if len(curve) >= 3:
@@ -278,7 +251,7 @@ def decode_shard(ctx, shard):
            "--kd-write-scores", "--gen-subset", "train", "--beam", str(a.inter_beam), "--nbest", str(a.inter_beam),
            "--max-tokens", "6000", "--max-len-a", "1.5", "--max-len-b", "10",
            "--distributed-world-size", str(a.jobs), "--distributed-rank", str(shard)]
-    run(cmd, ctx.path(f"decode.shard{shard}.{int(time.time())}.log"), lambda line: "seq_kd:" in line)
+    demo.run(cmd, ctx.path(f"decode.shard{shard}.{int(time.time())}.log"), lambda line: "seq_kd:" in line)
 
 
 def nbest_from_logs(paths):
@@ -357,7 +330,7 @@ def evaluate(ctx, name, ckpt):
     row = {}
     for beam in (1, 5):
         log = ctx.path("eval", f"{name}.beam{beam}.log")
-        out = run(["fairseq-generate", ctx.bin, "--user-dir", user_dir(), "--path", ckpt, *deen.COMMON,
+        out = demo.run(["fairseq-generate", ctx.bin, "--user-dir", user_dir(), "--path", ckpt, *deen.COMMON,
                         *deen.NO_LIMITS, "--gen-subset", "test", "--beam", str(beam), "--nbest", "1",
                         "--max-tokens", "6000", "--max-len-a", "1.5", "--max-len-b", "10",
                         "--post-process", "sentencepiece"], log)
@@ -536,12 +509,12 @@ def throughput(ctx, repeats):
             "--max-len-b", "10"]
     plain, kd = [], []
     for r in range(repeats):
-        out = run(base, ctx.path("speed", f"throughput.plain{r}.log"))
+        out = demo.run(base, ctx.path("speed", f"throughput.plain{r}.log"))
         s = generation_speed(out)
         plain.append(s["sentences"] / s["seconds"])
         kd_dir = ctx.path("speed", f"throughput.kd{r}")
         shutil.rmtree(kd_dir, ignore_errors=True)
-        out = run([*base, "--task", "seq_kd", "--kd-output-dir", kd_dir], kd_dir + ".log")
+        out = demo.run([*base, "--task", "seq_kd", "--kd-output-dir", kd_dir], kd_dir + ".log")
         s = generation_speed(out)
         kd.append(s["sentences"] / s["seconds"])
     ratios = [k / p for k, p in zip(kd, plain)]
@@ -570,7 +543,7 @@ def speed(ctx, paused=()):
            "--batched-sentences", "60" if a.smoke else "1255", "--out", ctx.path("speed", "decode_speed.json")]
     if quiet:
         cmd.append("--quiet-machine")
-    run(cmd, ctx.path("speed", "decode_speed.log"), lambda line: "round" in line)
+    demo.run(cmd, ctx.path("speed", "decode_speed.log"), lambda line: "round" in line)
     if paused:
         note += f"; this chain's running jobs {list(paused)} were paused (SIGSTOP) during the measurement"
     with open(marker, "w") as f:
@@ -797,8 +770,6 @@ def class_analysis(ctx, rows):
                    "class_blind80_pruned_percent": round(100.0 * v["pruned"] / v["numel"], 2)}
                for k, v in kinds.items()}
     order = sorted(per, key=lambda k: -per[k]["class_blind80_pruned_percent"])
-    desc = lambda k: (f"{k} ({per[k]['numel']:,} weights, mean |w| {per[k]['mean_abs']}): "  # noqa: E731
-                      f"{per[k]['class_blind80_pruned_percent']}% pruned")
     selection_ok = max_pruned <= min_kept and n_pruned == math.floor(0.8 * n_all)
     blind_b, uniform_b = rows["class-blind:80"].get("bleu_beam5"), rows["class-uniform:80"].get("bleu_beam5")
     threshold = (max_pruned + min_kept) / 2

@@ -14,14 +14,13 @@ import time
 os.environ.setdefault("OMP_NUM_THREADS", "1")  # one thread per process: speeds are per thread, and two
 os.environ.setdefault("MKL_NUM_THREADS", "1")  # benchmark streams can share the 2 cores without thrashing
 
-from common import ROOT, WORK, deen_bin, log_stats
+from common import ROOT, WORK, deen_bin, log_curve
 
 sys.path.insert(0, os.path.join(ROOT, "examples", "word_ordering"))
 
 import demo  # noqa: E402  (run/log helpers with progress output)
 from fairseq_bso.evaluation import corpus_bleu, generation_speed, parse_hypotheses  # noqa: E402
 from fairseq_bso.path import user_dir  # noqa: E402
-from fairseq_bso.prep import read_lines  # noqa: E402
 
 VOCAB = 4000
 DIR = os.path.join(WORK, "deen")
@@ -111,18 +110,7 @@ def run_info(name):
     """Learning curve [(epoch, valid BLEU)], epochs trained, best epoch and training wall seconds of a run,
     from its json logs (a resumed run has several; the later value of an epoch wins)."""
     import glob
-    curve, epochs, wall, early = {}, 0, 0.0, False
-    for path in sorted(glob.glob(os.path.join(DIR, name + ".*.log"))):
-        file_wall = 0.0  # fairseq's wall meter: seconds since this invocation started
-        for kind, stats in log_stats(path):
-            if kind is None:
-                early = early or "early stop since valid performance hasn't improved" in stats
-                continue
-            epochs = max(epochs, int(stats["epoch"]))
-            file_wall = max(file_wall, float(stats.get(f"{kind}_wall", 0)))
-            if kind == "valid" and "valid_bleu" in stats:
-                curve[int(stats["epoch"])] = float(stats["valid_bleu"])
-        wall += file_wall
+    curve, epochs, wall, early = log_curve(sorted(glob.glob(os.path.join(DIR, name + ".*.log"))))
     curve = sorted(curve.items())
     done = os.path.join(DIR, name, "done")
     marker = {}

@@ -106,7 +106,7 @@ def run(cmd, logfile, echo=lambda line: False, threads=None):
     """Run a fairseq command, keep its full log, echo the progress lines."""
     log("+ " + " ".join(cmd))
     env = None if threads is None else {**os.environ, "OMP_NUM_THREADS": str(threads)}
-    with open(logfile, "w") as out:
+    with open(logfile, "w", buffering=1) as out:  # line-buffered: a running stage's log shows its progress
         proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
         lines = []
         for line in proc.stdout:
