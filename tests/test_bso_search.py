@@ -489,11 +489,12 @@ def test_transformer_decoder_search_equals_reference(seed, K):
                                                     ("transformer", "logit", 0.3, False),
                                                     ("transformer", "log_softmax", 0.0, True)])
 def test_rescore_modes_compute_the_same_scores(decoder, score, nll, stop):
-    """The parallel teacher-forced re-scoring (one row per violation) and the incremental one (2·B
-    rows spliced at resets) give the same gold and violating scores, loss and gradients (float64;
+    """The parallel teacher-forced re-scoring (one row per violation), the packed one (one masked
+    2T-long row per sentence, Transformer only) and the incremental one (2·B rows spliced at
+    resets) give the same gold and violating scores, loss and gradients (float64;
     the reference tests above take the criterion's ``auto`` choice, which with these random models'
     many violations is mostly the incremental one)."""
-    from fairseq_bso.bso.search import rescore_incremental, rescore_parallel
+    from fairseq_bso.bso.search import rescore_incremental, rescore_packed, rescore_parallel
     d = make_dict()
     model = make_transformer(d, 5) if decoder == "transformer" else stop_model(d, 1, score)
     model.train()
@@ -504,7 +505,10 @@ def test_rescore_modes_compute_the_same_scores(decoder, score, nll, stop):
         with torch.no_grad():
             result = bso_search(model, model.encoder(src, src_lengths=lengths), target, 3, d.pad(), d.eos(), d.bos(),
                                 COSTS["sentence_bleu"], score=score, gold_kth="previous", stop=stop, lenpen=0.8)
-        for name, fn in (("parallel", rescore_parallel), ("incremental", rescore_incremental)):
+        routes = [("parallel", rescore_parallel), ("incremental", rescore_incremental)]
+        if decoder == "transformer":
+            routes.append(("packed", rescore_packed))
+        for name, fn in routes:
             enc = model.encoder(src, src_lengths=lengths)  # a graph of its own per route
             scored = fn(model, enc, target, result, d.pad(), d.eos(), nll=nll > 0)
             loss = bso_loss(scored.gold, scored.violating, result)
@@ -515,12 +519,16 @@ def test_rescore_modes_compute_the_same_scores(decoder, score, nll, stop):
     segment = torch.zeros_like(result.violation)  # the steps the loss reads violating scores at
     for b, t in result.violations().tolist():
         segment[b, result.segment_start[b, t] if score == "log_softmax" else t: t + 1] = True
-    (lp, gp, sp), (li, gi, si) = out["parallel"], out["incremental"]
+    li, gi, si = out["incremental"]
     rel = 1e-5 if decoder == "transformer" else 1e-9  # fairseq's attention softmax runs in float32
     gold_steps = target.ne(d.pad())
-    for what, got, want in (("gold", sp.gold[gold_steps], si.gold[gold_steps]),
-                            ("violating", sp.violating[segment], si.violating[segment])):
-        diff = (got - want).abs().max().item()
-        assert diff <= rel * max(want.abs().max().item(), 1.0), f"{what}: parallel vs incremental {diff:.3e}"
-    assert_loss_equal(lp, li, rel=rel)
-    assert_grads_equal(gp, gi, rel=rel)
+    for route in out:
+        if route == "incremental":
+            continue
+        lp, gp, sp = out[route]
+        for what, got, want in (("gold", sp.gold[gold_steps], si.gold[gold_steps]),
+                                ("violating", sp.violating[segment], si.violating[segment])):
+            diff = (got - want).abs().max().item()
+            assert diff <= rel * max(want.abs().max().item(), 1.0), f"{what}: {route} vs incremental {diff:.3e}"
+        assert_loss_equal(lp, li, rel=rel)
+        assert_grads_equal(gp, gi, rel=rel)

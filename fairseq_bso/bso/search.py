@@ -30,25 +30,29 @@ Two passes, so that the backward cost does not grow with K:
    :func:`pick_rival`, :func:`check_violation` (with the learning-to-stop step),
    :func:`next_beam`.
 2. :func:`rescore` scores, under autograd, the gold path and the violating paths in one of
-   two ways that give the same scores (:data:`RESCORE_MODES`):
+   three ways that give the same scores (:data:`RESCORE_MODES`):
 
    * *one teacher-forced parallel pass* (:func:`rescore_parallel`): one row per sentence for
      the gold, one row per violation (the gold prefix up to the segment's start, then the
      beam's continuation up to the violation step), ``extract_features`` over whole rows: an
      autoregressive decoder's score of y_t depends on the prefix only, so the pass gives
      exactly the scores the search computed incrementally;
+   * *one packed pass* (:func:`rescore_packed`, Transformer decoders): one row of 2T positions
+     per sentence, the gold then the violating path, under an attention mask that gives each
+     violating segment the gold prefix before its reset and its own tokens (a sentence's
+     segments are disjoint, so one row holds them all);
    * *T incremental steps over 2·B rows* (:func:`rescore_incremental`): the gold row and one
      violating row per sentence, whose decoder state is spliced from the gold row after each
      reset (``reorder_incremental_state`` at every step, so that no reset is read back).
 
    ``auto`` (the criterion's) takes the parallel pass when the batch has at most B
-   violations, so its rows never exceed the incremental pass's 2·B, and the incremental
-   steps otherwise.  Saved-for-backward memory: the parallel pass's is one teacher-forced
-   pass over B + N rows; the incremental one's is linear in T for the LSTM but grows with T²
-   for the Transformer (each step saves its cached keys and values again).  So a batch with
-   more violations than sentences (typical of an untrained model, rare once the gold mostly
-   stays on the beam) still costs O(T²) with a Transformer: the O(T) goal of issue 26 item 3
-   holds only for batches with at most B violations.  Only the logits the loss uses are
+   violations, so its rows never exceed 2·B, and otherwise the packed pass for a Transformer
+   decoder and the incremental steps for any other (the LSTM's).  Saved-for-backward memory is
+   then about one teacher-forced pass over 2·B rows whatever the number of violations
+   (``benchmarks/gpu_readiness.py``, a 2-layer d = 128 Transformer, 8 sentences, one violation
+   per step: 60 MiB at T = 128 against 45 MiB for one pass; the LSTM 22 vs 21 MiB); the
+   Transformer's incremental steps, which ``auto`` no longer takes, grow with T² (each step
+   saves its cached keys and values again: 301 MiB).  Only the logits the loss uses are
    computed (rows of the output projection) with the ``logit`` score; the ``log_softmax``
    score needs the full output layer at the gold's positions and at the violating segments'.
 
@@ -729,22 +733,34 @@ class Rescored:
 
 
 #: How :func:`rescore` runs the decoder: ``parallel`` (one teacher-forced pass, one row per
-#: violation), ``incremental`` (T steps over 2·B rows, the violating row spliced onto the gold
-#: row's state after each reset), or ``auto``: parallel when the batch has at most B violations
-#: (then its B + N rows cost at most the incremental pass's 2·B rows), else incremental.
-RESCORE_MODES = ("auto", "parallel", "incremental")
+#: violation), ``packed`` (one teacher-forced pass over one 2T-long row per sentence, the gold then
+#: the violating path, under an attention mask that gives each violating segment the gold prefix
+#: before it: Transformer decoders), ``incremental`` (T steps over 2·B rows, the violating row
+#: spliced onto the gold row's state after each reset), or ``auto``: parallel when the batch has at
+#: most B violations (then its B + N rows cost at most 2·B rows), else packed when the decoder
+#: supports it (:func:`packable`), else incremental (the LSTM's steps save memory linear in T).
+RESCORE_MODES = ("auto", "parallel", "packed", "incremental")
 
 
 def rescore(model, encoder_out, target: Tensor, result: SearchResult, pad: int, eos: int, *,
             nll: bool = False, dropout: Optional[SharedDropout] = None, mode: str = "auto") -> Rescored:
     """The gold path and the violating paths re-scored under autograd (see :data:`RESCORE_MODES`):
-    :func:`rescore_parallel` or :func:`rescore_incremental`, which compute the same scores."""
+    :func:`rescore_parallel`, :func:`rescore_packed` or :func:`rescore_incremental`, which compute
+    the same scores."""
     if mode not in RESCORE_MODES:
         raise ValueError(f"mode must be one of {RESCORE_MODES}, got {mode!r}")
-    n_violations = result.violations().size(0)  # known on the host once the index exists
-    if mode == "parallel" or (mode == "auto" and n_violations <= target.size(0)):
-        return rescore_parallel(model, encoder_out, target, result, pad, eos, nll=nll, dropout=dropout)
-    return rescore_incremental(model, encoder_out, target, result, pad, eos, nll=nll, dropout=dropout)
+    if mode == "auto":
+        n_violations = result.violations().size(0)  # known on the host once the index exists
+        if n_violations <= target.size(0):
+            mode = "parallel"
+        else:
+            mode = "packed" if dropout is None and packable(model.decoder) is None else "incremental"
+    if mode == "packed":
+        reason = "the shared dropout bank (LSTM only)" if dropout is not None else packable(model.decoder)
+        if reason is not None:
+            raise ValueError(f"packed re-scoring does not support {reason}")
+    fn = {"parallel": rescore_parallel, "packed": rescore_packed, "incremental": rescore_incremental}[mode]
+    return fn(model, encoder_out, target, result, pad, eos, nll=nll, dropout=dropout)
 
 
 def rescore_incremental(model, encoder_out, target: Tensor, result: SearchResult, pad: int, eos: int, *,
@@ -828,6 +844,118 @@ def rescore_parallel(model, encoder_out, target: Tensor, result: SearchResult, p
             i, j = torch.arange(N, device=device), t_v
         values = token_scores(decoder, features[B + i, j], violating_rows[i, j], log_softmax=cumulative)
         violating = violating.index_put((b_v[i], j), values.to(violating.dtype))
+    return Rescored(gold, violating, gold_lprobs if nll else None)
+
+
+def packable(decoder) -> Optional[str]:
+    """None when :func:`rescore_packed` can run ``decoder`` (fairseq's Transformer decoder, whose
+    self-attention takes a per-sentence mask in its parallel pass), else why not."""
+    try:
+        from fairseq.models.transformer import TransformerDecoderBase as Base
+    except ImportError:  # older fairseq
+        from fairseq.models.transformer import TransformerDecoder as Base
+    if not isinstance(decoder, Base):
+        return f"{type(decoder).__name__} (not a fairseq Transformer decoder)"
+    if getattr(decoder, "cross_self_attention", False):
+        return "--cross-self-attention"
+    for layer in decoder.layers:
+        attn = getattr(layer, "self_attn", None)
+        if attn is None or getattr(attn, "use_xformers", False) or getattr(attn, "skip_embed_dim_check", False) \
+                or getattr(attn, "onnx_trace", False):
+            return "this self-attention (xformers, onnx tracing or pruned heads: not torch's attention)"
+    return None
+
+
+@contextmanager
+def packed_decoder(decoder, positions: Optional[Tensor], mask: Tensor):
+    """The Transformer decoder with its position embeddings and its self-attention mask replaced by
+    ``positions`` and ``mask`` for one call of ``extract_features`` (both restored afterwards)."""
+    embed = decoder.embed_positions
+    if embed is not None:
+        embed.forward = lambda *args, **kwargs: positions
+    decoder.buffered_future_mask = lambda tensor: mask
+    try:
+        yield decoder
+    finally:
+        del decoder.buffered_future_mask  # the class's method again
+        if embed is not None:
+            del embed.forward
+
+
+def packed_attention_mask(segment_start: Tensor, heads: int) -> Tensor:
+    """(B·heads, 2T, 2T) bool, True where attention is *not* allowed, over a row that holds the
+    gold's T positions then the violating path's T positions.  A gold position j attends to gold
+    positions ≤ j (the usual causal mask).  A violating position j, in the segment that starts at
+    s = ``segment_start[b, j]`` (the step after the last reset), attends to gold positions < s and
+    to violating positions s..j: its prefix is the gold up to the reset, then the segment's own
+    tokens, exactly the path the search scored.  (At j = s the two rows hold the same input and
+    context, so the violating position s equals the gold's.)"""
+    B, T = segment_start.shape
+    steps = torch.arange(T, device=segment_start.device)
+    s = segment_start.unsqueeze(2)  # (B, T, 1): the query's segment start
+    keys = steps.view(1, 1, T)
+    queries = steps.view(1, T, 1)
+    gold_gold = (keys <= queries).expand(B, T, T)
+    viol_gold = keys < s
+    viol_viol = (keys >= s) & (keys <= queries)
+    allowed = torch.cat([torch.cat([gold_gold, torch.zeros_like(gold_gold)], 2),
+                         torch.cat([viol_gold, viol_viol], 2)], 1)
+    return (~allowed).repeat_interleave(heads, 0)
+
+
+def rescore_packed(model, encoder_out, target: Tensor, result: SearchResult, pad: int, eos: int, *,
+                   nll: bool = False, dropout: Optional[SharedDropout] = None) -> Rescored:
+    """The gold path and the violating path of every sentence, re-scored under autograd in one
+    teacher-forced pass of a Transformer decoder over B rows of 2T positions.
+
+    Each row holds the gold (positions 0..T-1) then the violating path (``violating_tokens``: the
+    gold outside the violating segments, the rival's tokens inside), both at decoder positions
+    0..T-1 (the gold's position embeddings, used twice), under :func:`packed_attention_mask`: each
+    violating segment sees the gold prefix before its reset and its own tokens, so one row scores
+    all the disjoint segments of a sentence at once.  Saved-for-backward memory is that of one
+    teacher-forced pass over 2·B rows (plus self-attention weights over 2T keys instead of T), so
+    it grows linearly in T (up to the attention's T² terms) however many violations a batch has,
+    where :func:`rescore_parallel` needs one row per violation and the Transformer's
+    :func:`rescore_incremental` saves its cached keys and values again at every step (T²).  The
+    scores read are those of :func:`rescore_parallel`; gradients reach the gold prefix through the
+    violating positions' attention to it (as through the search's reset).  No decoder dropout
+    (``dropout`` must be None: :class:`SharedDropout` supports the LSTM only)."""
+    if dropout is not None:
+        raise ValueError("packed re-scoring runs the decoder without dropout (--bso-dropout off)")
+    decoder = model.decoder
+    B, T = target.shape
+    heads = decoder.layers[0].self_attn.num_heads
+    gold_in = torch.cat([target.new_full((B, 1), eos), target[:, :-1]], 1)
+    prev_violating = torch.where(result.reset, target, result.violating_tokens)  # after a reset: the gold token
+    violating_in = torch.cat([target.new_full((B, 1), eos), prev_violating[:, :-1]], 1)
+    positions = None
+    if decoder.embed_positions is not None:
+        positions = decoder.embed_positions(gold_in)
+        positions = torch.cat([positions, positions], 1)
+    mask = packed_attention_mask(result.segment_start, heads)
+    with packed_decoder(decoder, positions, mask):
+        features = decoder.extract_features(torch.cat([gold_in, violating_in], 1), encoder_out=encoder_out)[0]
+    D = features.size(-1)
+    cumulative = result.score == "log_softmax"
+    gold_features = features[:, :T].reshape(B * T, D)
+    gold_lprobs = None
+    if cumulative or nll:
+        gold_lprobs = token_scores(decoder, gold_features, target.reshape(-1), log_softmax=True).view(B, T)
+    gold = gold_lprobs if cumulative else upcast(gathered_logits(decoder, gold_features, target.reshape(-1))).view(B, T)
+    violating = gold.new_zeros(B, T)
+    index = result.violations()
+    if index.size(0) > 0:
+        b_v, t_v = index.unbind(1)
+        if cumulative:  # every step of each violating segment
+            steps = torch.arange(T, device=target.device)
+            start_v = result.segment_start[b_v, t_v]
+            in_segment = (steps.unsqueeze(0) >= start_v.unsqueeze(1)) & (steps.unsqueeze(0) <= t_v.unsqueeze(1))
+            i, j = in_segment.nonzero().unbind(1)
+            b, j = b_v[i], j
+        else:  # the violation step only
+            b, j = b_v, t_v
+        values = token_scores(decoder, features[b, T + j], result.violating_tokens[b, j], log_softmax=cumulative)
+        violating = violating.index_put((b, j), values.to(violating.dtype))
     return Rescored(gold, violating, gold_lprobs if nll else None)
 
 
