@@ -39,22 +39,14 @@ finished seed, its ``state`` saying what is unfinished.
 """
 
 import argparse
-import json
 import os
 import statistics
-import subprocess
-import sys
 import time
 
-from common import ROOT, WORK, log_stats, paired_bootstrap, write_results
+from benchmarks.common import (ROOT, WORK, demo, epoch_values, log, paired_bootstrap, word_order_test_bleu,
+                               word_order_train, write_file, write_results)
+from fairseq_bso.prep import prepare_word_order, read_lines
 
-sys.path.insert(0, os.path.join(ROOT, "examples", "word_ordering"))
-
-import demo  # noqa: E402
-from fairseq_bso.evaluation import corpus_bleu, parse_hypotheses  # noqa: E402
-from fairseq_bso.prep import prepare_word_order, read_lines  # noqa: E402
-
-TASK = ["--task", "constrained_beam_training"]
 CONSTRAINT = ["--constraint", "word_order"]
 AUTHORS_TRAIN, AUTHORS_DECODE = demo.RECIPES["authors"]
 # name: (training options, own decoding, other decodings reported: {key: decoding})
@@ -64,62 +56,23 @@ ROWS = {
     "bso_authors": ([*AUTHORS_TRAIN, "--lr", "0.02"], AUTHORS_DECODE,
                     {"test_constrained": [*AUTHORS_DECODE, *CONSTRAINT], "test_standard_beam": []}),
 }
-VALID = ["--eval-bleu", "--eval-tokenized-bleu", "--eval-bleu-args",
-         json.dumps({"beam": 5, "max_len_a": 1, "max_len_b": 5}),
-         "--best-checkpoint-metric", "bleu", "--maximize-best-checkpoint-metric"]
-
-
-def log(msg):
-    print(time.strftime("%H:%M:%S ") + msg, flush=True)
-
-
 def train(args, save_dir, options, seed):
-    """One fairseq-train run (json log ``save_dir.log``), skipped when its ``done`` marker exists; resumes
-    ``checkpoint_last.pt`` otherwise."""
-    if os.path.exists(os.path.join(save_dir, "done")):
-        return
-    cmd = ["fairseq-train", args.bin, "--user-dir", demo.user_dir(), *demo.MODEL, *demo.COMMON, *TASK,
-           "--seed", str(seed), "--clip-norm", "5", "--batch-size", "64", "--save-dir", save_dir,
-           "--no-epoch-checkpoints", *VALID, "--log-format", "json", "--log-interval", "100", "--no-progress-bar",
-           *options]
-    log(f"train {os.path.basename(save_dir)}: {' '.join(options)}")
-    with open(save_dir + ".log", "a") as out:
-        proc = subprocess.run(cmd, stdout=out, stderr=subprocess.STDOUT,
-                              env={**os.environ, "OMP_NUM_THREADS": str(args.threads)})
-    if proc.returncode != 0:
-        raise SystemExit(f"training failed ({proc.returncode}): see {save_dir}.log")
-    open(os.path.join(save_dir, "done"), "w").close()
+    """One fairseq-train run of the demo's model (``common.word_order_train``: json log ``save_dir.log``),
+    skipped when its ``done`` marker exists; resumes ``checkpoint_last.pt`` otherwise."""
+    word_order_train(args.bin, save_dir, options, seed=seed, threads=args.threads)
 
 
 def curve(log_path):
     """[(epoch, valid BLEU)] and [(epoch, train seconds)] from a fairseq json log (a resumed epoch's last value)."""
-    bleu, seconds = {}, {}
-    if os.path.exists(log_path):
-        for kind, stats in log_stats(log_path):
-            if kind == "valid" and "valid_bleu" in stats:
-                bleu[int(stats["epoch"])] = float(stats["valid_bleu"])
-            elif kind == "train" and "train_wall" in stats:
-                seconds[int(stats["epoch"])] = float(stats["train_wall"])
-    return sorted(bleu.items()), sorted(seconds.items())
+    return epoch_values(log_path, "valid", "valid_bleu"), epoch_values(log_path, "train", "train_wall")
 
 
 def decode(args, ckpt, decoding, tag):
     """Test BLEU at every beam (a finished decode is read back from its log); {beam: BLEU}, beam-5 hypotheses."""
-    scores, beam5 = {}, None
-    for beam in args.beams:
-        path = os.path.join(args.workdir, "test", f"{tag}.beam{beam}.log")
-        if not os.path.exists(path):
-            os.makedirs(os.path.dirname(path), exist_ok=True)
-            out = demo.run(["fairseq-generate", args.bin, "--user-dir", demo.user_dir(), "--path", ckpt, *demo.COMMON,
-                            *TASK, *decoding, "--gen-subset", "test", "--beam", str(beam), "--batch-size", "100",
-                            "--max-len-a", "1", "--max-len-b", "5"], path + ".tmp", threads=args.threads)
-            os.replace(path + ".tmp", path)
-        with open(path) as f:
-            hyps = parse_hypotheses(f.read(), len(args.references))
-        scores[str(beam)] = round(corpus_bleu(hyps, args.references, tokenized=True), 2)
-        if beam == 5:
-            beam5 = hyps
-    return scores, beam5
+    scores, hypotheses = word_order_test_bleu(
+        args.bin, ckpt, decoding, args.beams, lambda beam: os.path.join(args.workdir, "test", f"{tag}.beam{beam}.log"),
+        args.references, threads=args.threads, reuse=True)
+    return scores, hypotheses.get("5")
 
 
 def permutation_violations(hypotheses, sources):
@@ -230,8 +183,7 @@ def plot(path, nll, rows):
     ax.set_ylim(bottom=max(0, min(40, min(bleu[len(bleu) // 2:])) - 10))
     ax.legend(fontsize=7)
     fig.tight_layout()
-    fig.savefig(path + ".tmp.png", dpi=120)
-    os.replace(path + ".tmp.png", path)
+    write_file(path, save=lambda tmp: fig.savefig(tmp, dpi=120, format="png"))
     print(f"wrote {path}")
 
 

@@ -32,21 +32,15 @@ Each stage resumes (a finished run is skipped); results in benchmarks/results/bs
 """
 
 import argparse
-import json
 import os
-import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 
-from common import ROOT, SHARED, WORK, log_stats, write_results
+from benchmarks.common import (ROOT, SHARED, WORK, demo, epoch_values, word_order_test_bleu, word_order_train,
+                               write_file, write_results)
+from fairseq_bso.evaluation import parse_hypotheses
+from fairseq_bso.prep import prepare_word_order, read_lines
 
-sys.path.insert(0, os.path.join(ROOT, "examples", "word_ordering"))
-
-import demo  # noqa: E402
-from fairseq_bso.evaluation import corpus_bleu, parse_hypotheses  # noqa: E402
-from fairseq_bso.prep import prepare_word_order, read_lines  # noqa: E402
-
-TASK = ["--task", "constrained_beam_training"]
 BSO = ["--criterion", "bso", "--bso-beam-size", "6", "--bso-curriculum-start", "2", "--bso-curriculum-epochs", "1",
        "--bso-score", "logit", "--bso-gold-kth", "self"]  # the paper; a row's later options override
 RAW = ["--bso-decoding"]
@@ -93,44 +87,20 @@ def fairseq_train(args, bin_dir, save_dir, extra, decode, epochs=None):
     done = os.path.join(save_dir, "done" if epochs is None else f"done_e{epochs}")
     if os.path.exists(done) or (epochs == 12 and os.path.exists(os.path.join(save_dir, "done"))):
         return
-    eval_args = json.dumps({"beam": 5, "max_len_a": 1, "max_len_b": 5})
     optimizer = [] if "--optimizer" in extra else ["--optimizer", "adam"]
-    cmd = ["fairseq-train", bin_dir, "--user-dir", demo.user_dir(), *demo.MODEL, *demo.COMMON, "--seed", "1", *TASK, *optimizer,
-           "--clip-norm", "5", "--batch-size", "64", "--save-dir", save_dir, "--no-epoch-checkpoints",
-           "--eval-bleu", "--eval-tokenized-bleu", "--eval-bleu-args", eval_args,
-           "--best-checkpoint-metric", "bleu", "--maximize-best-checkpoint-metric",
-           "--log-format", "json", "--log-interval", "100", "--no-progress-bar", *extra, *decode]
-    env = {**os.environ, "OMP_NUM_THREADS": str(args.threads)}
-    demo.log(f"train {save_dir}")
-    import subprocess
-    with open(save_dir + ".log", "a") as log:
-        proc = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
-    if proc.returncode != 0:
-        raise SystemExit(f"training failed: see {save_dir}.log")
+    word_order_train(bin_dir, save_dir, [*optimizer, *extra, *decode], seed=1, threads=args.threads, marker=None)
     if epochs is not None:
         import shutil
         best = os.path.join(save_dir, "checkpoint_best.pt")
-        shutil.copyfile(best, best[:-3] + f"_e{epochs}.pt.tmp")
-        os.replace(best[:-3] + f"_e{epochs}.pt.tmp", best[:-3] + f"_e{epochs}.pt")
+        write_file(best[:-3] + f"_e{epochs}.pt", save=lambda tmp: shutil.copyfile(best, tmp))
     open(done, "w").close()
 
 
-def learning_curve(log_path):
-    """[(epoch, valid BLEU)] from a fairseq json log (the last run's values win on a resume)."""
-    curve = {int(stats["epoch"]): float(stats["valid_bleu"])
-             for kind, stats in log_stats(log_path) if kind == "valid" and "valid_bleu" in stats}
-    return sorted(curve.items())
-
-
 def test_bleu(args, bin_dir, ckpt, decode, name, references):
-    scores = {}
-    for beam in args.beams:
-        out_log = os.path.join(args.workdir, f"test.{name}.e{args.epochs}.beam{beam}.log")
-        out = demo.run(["fairseq-generate", bin_dir, "--user-dir", demo.user_dir(), "--path", ckpt, *demo.COMMON,
-                        *TASK, *decode, "--gen-subset", "test", "--beam", str(beam), "--batch-size", "100",
-                        "--max-len-a", "1", "--max-len-b", "5"], out_log)
-        scores[str(beam)] = round(corpus_bleu(parse_hypotheses(out, len(references)), references, tokenized=True), 2)
-    return scores
+    """{beam: test BLEU} of ``ckpt`` under ``decode``; the outputs in ``test.NAME.eEPOCHS.beamB.log``."""
+    return word_order_test_bleu(bin_dir, ckpt, decode, args.beams,
+                                lambda beam: os.path.join(args.workdir, f"test.{name}.e{args.epochs}.beam{beam}.log"),
+                                references)[0]
 
 
 def run_row(args, bin_dir, nll_ckpt, name, references):
@@ -143,7 +113,7 @@ def run_row(args, bin_dir, nll_ckpt, name, references):
         best = os.path.join(save, "checkpoint_best.pt")
     row = {"lever": ROWS[name][2], "train_options": train_args, "decoding": decode or ["standard beam"],
            "extra_epochs": args.epochs,
-           "valid_curve": [e for e in learning_curve(save + ".log") if e[0] <= args.epochs]}
+           "valid_curve": [e for e in epoch_values(save + ".log", "valid", "valid_bleu") if e[0] <= args.epochs]}
     row["best_epoch"], row["best_valid_bleu"] = max(row["valid_curve"], key=lambda e: e[1])
     row["test"] = test_bleu(args, bin_dir, best, decode, name, references)
     # with and without the word_order constraint at decoding (issue 29: ConBSO's training effect is ConBSO against
@@ -200,7 +170,7 @@ def run(args):
     fairseq_train(args, bin_dir, nll_dir, ["--criterion", "cross_entropy", "--lr", "0.002", "--max-epoch", "40",
                                            "--patience", "4"], [])
     nll_ckpt = os.path.join(nll_dir, "checkpoint_best.pt")
-    nll_curve = learning_curve(nll_dir + ".log")
+    nll_curve = epoch_values(nll_dir + ".log", "valid", "valid_bleu")
     results = {"nll_baseline": {"valid_curve": nll_curve, "epochs": len(nll_curve),
                                 "best_epoch": max(nll_curve, key=lambda e: e[1])[0],
                                 "best_valid_bleu": max(nll_curve, key=lambda e: e[1])[1],

@@ -28,9 +28,7 @@ import time
 
 import torch
 
-from common import ROOT, deen_bin, write_results
-
-sys.path.insert(0, ROOT)
+from benchmarks.common import ROOT, deen_bin, write_results
 
 # bsoK: the paper's score (raw logits, --bso-score logit); bso6_log_softmax: the log-softmax score at K=6
 METHODS = ["nll"] + [f"bso{k}" for k in range(2, 7)] + ["bso6_log_softmax"]
@@ -42,8 +40,7 @@ DEMO_CORPUS = os.path.join(ROOT, "runs", "benchmarks", "demo_corpus")
 def model_setup(name):
     """(binarized data, model options, batch size) of ``--model``."""
     if name == "demo":
-        sys.path.insert(0, os.path.join(ROOT, "examples", "word_ordering"))
-        import demo
+        from benchmarks.common import demo
         from fairseq_bso.prep import prepare_word_order
         bin_dir = os.path.join(DEMO_CORPUS, "bin")
         if not os.path.exists(os.path.join(bin_dir, "test.src-tgt.tgt.idx")):
@@ -374,10 +371,10 @@ def memory_only(args, data, started):
 def probe_all(args, data, state_path):
     memory = {}
     for m in METHODS:
-        out = subprocess.run([sys.executable, __file__, "--memory-probe", m, "--state", state_path, "--data", data,
+        out = subprocess.run([sys.executable, "-m", "benchmarks.bso_speed", "--memory-probe", m, "--state", state_path, "--data", data,
                               "--batches", str(args.batches), "--batch-size", str(args.batch_size),
                               "--threads", str(args.threads), "--model", args.model],
-                             stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, check=True).stdout
+                             stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, check=True, cwd=ROOT).stdout
         memory[m] = json.loads(out.strip().splitlines()[-1])
         print(f"memory {m}: peak rise {memory[m]['peak_rise_bytes'] / 2**20:.1f} MiB", flush=True)
     return memory

@@ -61,10 +61,9 @@ import traceback
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 os.environ.setdefault("MKL_NUM_THREADS", "1")
 
-import common  # noqa: E402
-import deen  # noqa: E402
-from common import WORK, git_commit, log_curve  # noqa: E402
-from deen import corpus_bleu, demo, generation_speed, parse_hypotheses, user_dir  # noqa: E402
+from benchmarks import common, deen  # noqa: E402
+from benchmarks.common import WORK, git_commit, log_curve  # noqa: E402
+from benchmarks.deen import corpus_bleu, demo, generation_speed, parse_hypotheses, user_dir  # noqa: E402
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 SEED = 1
@@ -301,9 +300,7 @@ def corpora(ctx):
                          f"{ctx.kd_dir}/train.en")
     os.makedirs(ctx.inter_dir, exist_ok=True)
     for name, lines in (("train.de", src), ("train.en", inter)):
-        with open(os.path.join(ctx.inter_dir, name + ".tmp"), "w", encoding="utf-8") as f:
-            f.writelines(line + "\n" for line in lines)
-        os.replace(os.path.join(ctx.inter_dir, name + ".tmp"), os.path.join(ctx.inter_dir, name))
+        common.write_file(os.path.join(ctx.inter_dir, name), "".join(line + "\n" for line in lines))
     for d in (ctx.kd_dir, ctx.inter_dir):
         shutil.rmtree(os.path.join(d, "bin"), ignore_errors=True)
         preprocess(os.path.join(d, "train"), ctx.text, ctx.bin, os.path.join(d, "bin"), d + ".preprocess.log")
@@ -339,10 +336,7 @@ def evaluate(ctx, name, ckpt):
         if beam == 1:
             row["p_wstar_percent"] = deen.greedy_mass(out)
     row["params"], row["nonzero_params"] = checkpoint_counts(ckpt)
-    tmp = ctx.path("eval", name + ".json.tmp")
-    with open(tmp, "w") as f:
-        json.dump(row, f, indent=1)
-    os.replace(tmp, ctx.path("eval", name + ".json"))
+    common.write_file(ctx.path("eval", name + ".json"), json.dumps(row, indent=1))
     demo.log(f"{name}: {row}")
 
 
@@ -569,13 +563,7 @@ def write(args, name, results):
                    written_by=" ".join(["python3", "benchmarks/compression.py", *sys.argv[1:]]),
                    git_commit=git_commit(), seeds=[SEED],
                    settings={k: v for k, v in vars(args).items() if k not in ("results",)})
-    os.makedirs(args.results, exist_ok=True)
-    path = os.path.join(args.results, name + ".json")
-    with open(path + ".tmp", "w") as f:
-        json.dump(results, f, indent=2)
-        f.write("\n")
-    os.replace(path + ".tmp", path)
-    return path
+    return common.write_file(os.path.join(args.results, name + ".json"), results)
 
 
 def suite_wall(ctx):
@@ -823,8 +811,7 @@ def plots(ctx, dist, rows):
         ax.grid(alpha=0.3)
         fig.tight_layout()
         path = os.path.join(ctx.args.results, name + ".png")
-        fig.savefig(path + ".tmp.png", dpi=110)
-        os.replace(path + ".tmp.png", path)
+        common.write_file(path, save=lambda tmp: fig.savefig(tmp, dpi=110, format="png"))
         plt.close(fig)
 
 
@@ -844,9 +831,7 @@ def main(argv=None):
     def progress():
         with lock:
             invocations[-1][1] = time.time()
-            with open(inv_path + ".tmp", "w") as f:
-                json.dump(invocations, f)
-            os.replace(inv_path + ".tmp", inv_path)
+            common.write_file(inv_path, json.dumps(invocations))
             try:
                 report(ctx)
             except Exception as e:  # a partial report must not stop the chain

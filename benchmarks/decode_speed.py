@@ -29,8 +29,8 @@ import os
 import statistics
 import time
 
-import deen
-from common import write_results
+from benchmarks import deen
+from benchmarks.common import write_results
 
 
 def load(ckpt, bin_dir):

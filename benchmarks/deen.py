@@ -8,17 +8,12 @@ Every model is trained once into runs/benchmarks/deen/<name> and reused; a finis
 import json
 import os
 import re
-import sys
 import time
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")  # one thread per process: speeds are per thread, and two
 os.environ.setdefault("MKL_NUM_THREADS", "1")  # benchmark streams can share the 2 cores without thrashing
 
-from common import ROOT, WORK, deen_bin, log_curve
-
-sys.path.insert(0, os.path.join(ROOT, "examples", "word_ordering"))
-
-import demo  # noqa: E402  (run/log helpers with progress output)
+from benchmarks.common import WORK, deen_bin, demo, log_curve  # noqa: E402  (demo: run/log with progress output)
 from fairseq_bso.evaluation import corpus_bleu, generation_speed, parse_hypotheses  # noqa: E402
 from fairseq_bso.path import user_dir  # noqa: E402
 

@@ -30,13 +30,11 @@ import subprocess
 import sys
 import time
 
-from common import ROOT, WORK, paired_bootstrap, write_results
+from benchmarks.common import DEMO_PATH as DEMO, WORK, demo, paired_bootstrap, write_results
 from fairseq_bso.evaluation import parse_hypotheses
 from fairseq_bso.prep import read_lines
 
-DEMO = os.path.join(ROOT, "examples", "word_ordering", "demo.py")
-sys.path.insert(0, os.path.dirname(DEMO))
-from demo import RECIPES  # noqa: E402
+RECIPES = demo.RECIPES
 VALID_BLEU = re.compile(r"epoch (\d+) \| valid on 'valid' subset .*?\| bleu ([0-9.]+)")
 SHARED_STAGES = ("corpus", "nll", "nll.log", "seq2seq", "seq2seq.log")
 

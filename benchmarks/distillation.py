@@ -17,9 +17,9 @@ import shutil
 import statistics
 import time
 
-import deen
-from common import write_results
-from deen import demo, generation_speed, user_dir
+from benchmarks import deen
+from benchmarks.common import write_results
+from benchmarks.deen import demo, generation_speed, user_dir
 
 
 def corpus(bin_dir, teacher, name, extra):

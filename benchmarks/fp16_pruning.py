@@ -17,14 +17,10 @@ Writes ``benchmarks/results/fp16_pruning.json``:
 """
 
 import os
-import sys
 import tempfile
 import time
 
 import torch
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, os.path.join(ROOT, "tests"))
 
 MODES = {"fp16": ["--fp16", "--fp16-no-flatten-grads"], "memory_efficient_fp16": ["--memory-efficient-fp16"],
          "amp": ["--amp"]}  # fp32: 0 before and after (issue 26)
@@ -65,22 +61,25 @@ def train_log_loss(stdout: str) -> float:
 
 
 def run_mode(data_bin: str, save_dir: str, mode: str, extra=()) -> dict:
-    import harness
+    from benchmarks.common import tiny_train
 
-    out = harness.train(data_bin, save_dir, extra=["--task", "translation_pruned", "--prune-ratio", "0.5",
-                                                   *MODES[mode], *extra], max_epoch=1).stdout
+    out = tiny_train(data_bin, save_dir, extra=["--task", "translation_pruned", "--prune-ratio", "0.5",
+                                                *MODES[mode], *extra], max_epoch=1)
     return {**optimizer_nonzero_at_pruned(os.path.join(save_dir, "checkpoint_last.pt")),
             "final_loss": train_log_loss(out)}
 
 
 def main() -> None:
-    import harness
-    from benchmarks.common import write_results
+    import argparse
+
+    argparse.ArgumentParser(description=__doc__.split("\n")[0],
+                            formatter_class=argparse.RawDescriptionHelpFormatter).parse_args()
+    from benchmarks.common import tiny_word_order_bin, write_results
 
     started = time.time()
     by_mode = {}
     with tempfile.TemporaryDirectory() as tmp:
-        data = harness.preprocess(harness.make_word_order_data(tmp))
+        data = tiny_word_order_bin(tmp)
         for mode in MODES:
             by_mode[mode] = run_mode(data, os.path.join(tmp, mode), mode)
             print(mode, by_mode[mode], flush=True)

@@ -30,15 +30,12 @@ All figures are deterministic counts or sizes (no timing):
 import argparse
 import json
 import os
-import subprocess
-import sys
 from types import SimpleNamespace
 
 import torch
 from torch.overrides import TorchFunctionMode
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
 
 #: torch functions that read a tensor back to the host (a device synchronization on a GPU)
 SYNC_FUNCTIONS = {"__bool__", "item", "__int__", "__float__", "__index__", "tolist", "nonzero", "argwhere",
@@ -293,13 +290,6 @@ def ddp_max_abs_grad_diff(tmp: str, updates: int = 1) -> dict:
             for backend, run in got.items()}
 
 
-def git_commit() -> str:
-    try:
-        return subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
-    except OSError:
-        return None
-
-
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", default=os.path.join(ROOT, "benchmarks", "results", "gpu_readiness.json"))
@@ -329,13 +319,11 @@ def main():
     if os.path.exists(pruning):  # the pruning benchmark's count (it trains through fairseq-train)
         with open(pruning) as f:
             results["fp16_pruned_optimizer_nonzero"] = json.load(f).get("fp16_pruned_optimizer_nonzero")
-    results["command"] = " ".join(["python3"] + sys.argv)
+    from benchmarks.common import command_line, git_commit, write_file
+
+    results["command"] = command_line()
     results["git_commit"] = git_commit()
-    tmp = args.out + ".tmp"
-    with open(tmp, "w") as f:
-        json.dump(results, f, indent=2)
-        f.write("\n")
-    os.replace(tmp, args.out)
+    write_file(args.out, results)
     print(f"wrote {args.out}")
 
 

@@ -1,27 +1,24 @@
 #!/usr/bin/env python3
 """Plots of the benchmark results (PNG in benchmarks/results/), from whatever results files exist.
 
-    python3 benchmarks/plots.py        # or: python3 -m benchmarks.plots
+    python3 -m benchmarks.plots
 
 Then regenerate docs/results.md (``python3 -m benchmarks.report --write``), which links the plots.
 Pruning rows are read with either key set (``scheme``/``ratio_percent`` fields, or only the row key
 ``scheme:percent``, including issue 28's ``dense:N`` rows, drawn as their own markers).
 """
 
-import glob
+import argparse
 import json
 import os
 
-RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
+from benchmarks.common import RESULTS, tagged_results, write_file
 
 
-def tagged_results(name, tag_prefix):
-    """[(tag, results)] of the files results/{name}{tag_prefix}*.json, sorted by name."""
-    found = []
-    for path in sorted(glob.glob(os.path.join(RESULTS, f"{name}{tag_prefix}*.json"))):
-        with open(path) as f:
-            found.append((os.path.basename(path)[len(name):-len(".json")], json.load(f)))
-    return found
+def save_png(fig, name):
+    """``fig`` as results/NAME (PNG, 120 dpi), written atomically."""
+    write_file(os.path.join(RESULTS, name), save=lambda tmp: fig.savefig(tmp, dpi=120, format="png"))
+    print(f"wrote {name}")
 
 
 def scheme_and_percent(key, row):
@@ -33,7 +30,7 @@ def scheme_and_percent(key, row):
 def load(name):
     path = os.path.join(RESULTS, f"{name}.json")
     if not os.path.exists(path):
-        print(f"skip: {path} does not exist (run benchmarks/{name}.py)")
+        print(f"skip: {path} does not exist (run python3 -m benchmarks.{name})")
         return None
     with open(path) as f:
         return json.load(f)
@@ -51,8 +48,7 @@ def bleu_vs_beam(plt, results, methods, title, out):
     ax.set_title(title)
     ax.legend()
     fig.tight_layout()
-    fig.savefig(os.path.join(RESULTS, out), dpi=120)
-    print(f"wrote {out}")
+    save_png(fig, out)
 
 
 def learning_curves(plt, results, out):
@@ -78,8 +74,7 @@ def learning_curves(plt, results, out):
     ax.set_ylim(bottom=max(0, min(lo, 40) - 2))
     ax.legend(fontsize=7)
     fig.tight_layout()
-    fig.savefig(os.path.join(RESULTS, out), dpi=120)
-    print(f"wrote {out}")
+    save_png(fig, out)
 
 
 def convergence_curves(plt, rows, title, out):
@@ -98,8 +93,7 @@ def convergence_curves(plt, rows, title, out):
     ax.set_title(title, fontsize=9)
     ax.legend(fontsize=7)
     fig.tight_layout()
-    fig.savefig(os.path.join(RESULTS, out), dpi=120)
-    print(f"wrote {out}")
+    save_png(fig, out)
 
 
 def demo_recipe_curves(plt, results, out):
@@ -125,11 +119,12 @@ def demo_recipe_curves(plt, results, out):
     axes[0][0].set_ylabel("valid BLEU, beam 5, own decoding")
     axes[0][-1].legend(fontsize=6)
     fig.tight_layout()
-    fig.savefig(os.path.join(RESULTS, out), dpi=120)
-    print(f"wrote {out}")
+    save_png(fig, out)
 
 
 def main():
+    argparse.ArgumentParser(description=__doc__.split("\n")[0],
+                            formatter_class=argparse.RawDescriptionHelpFormatter).parse_args()
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -178,8 +173,7 @@ def main():
         ax.set_title("Seq-KD student: BLEU vs sparsity")
         ax.legend(fontsize=7)
         fig.tight_layout()
-        fig.savefig(os.path.join(RESULTS, "pruning.png"), dpi=120)
-        print("wrote pruning.png")
+        save_png(fig, "pruning.png")
     dr = load("demo_recipes")
     if dr and dr.get("runs"):
         demo_recipe_curves(plt, dr, "demo_recipes.png")
@@ -198,8 +192,7 @@ def main():
         ax.set_ylabel("time per update / NLL")
         ax.set_title("BSO training cost")
         fig.tight_layout()
-        fig.savefig(os.path.join(RESULTS, "bso_speed.png"), dpi=120)
-        print("wrote bso_speed.png")
+        save_png(fig, "bso_speed.png")
 
 
 if __name__ == "__main__":

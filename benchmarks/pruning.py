@@ -24,9 +24,9 @@ import re
 import statistics
 import time
 
-import deen
-from common import valid_batches, write_results
-from deen import demo
+from benchmarks import deen
+from benchmarks.common import valid_batches, write_results
+from benchmarks.deen import demo
 
 ROWS = ["class-blind:0", "class-blind:80", "class-blind:90", "class-uniform:80", "class-distribution:80"]
 

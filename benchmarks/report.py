@@ -24,6 +24,8 @@ import os
 import statistics
 import sys
 
+from benchmarks.common import write_file
+
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 RESULTS = os.path.join(HERE, "results")
@@ -208,14 +210,24 @@ def absent(doc, *names):
             + (" does not exist." if len(names) == 1 else " do not exist."), "")
 
 
+def section(doc, title, name, needs=None):
+    """Open a section: its heading, then results/NAME.json; None (after the "Not measured" line) when the file
+    does not exist or its ``needs`` entry is missing or empty."""
+    doc.add(f"## {title}", "")
+    res = doc.load(name)
+    if not res or (needs is not None and not res.get(needs)):
+        absent(doc, name)
+        return None
+    return res
+
+
 # ---------------------------------------------------------------- sections
 
 
 def demo_section(doc):
-    doc.add("## The demo over seeds", "")
-    res = doc.load("demo_recipes")
-    if not res or not res.get("runs"):
-        return absent(doc, "demo_recipes")
+    res = section(doc, "The demo over seeds", "demo_recipes", needs="runs")
+    if not res:
+        return
     settings = res.get("settings", {})
     doc.add(f"`examples/word_ordering/demo.py` itself ({settings.get('nll_epochs', DASH)} NLL epochs, then "
             f"{settings.get('extra_epochs', DASH)} extra epochs per row, best valid checkpoint) per training seed "
@@ -255,12 +267,10 @@ def demo_section(doc):
 
 
 def word_ordering_section(doc):
-    doc.add("## Word ordering on kjv", "")
-    res = doc.load("word_ordering")
+    res = section(doc, "Word ordering on kjv", "word_ordering")
     if not res:
-        return absent(doc, "word_ordering")
-    s = res.get("settings", {})
-    base = res.get("nll_baseline", {})
+        return
+    s, base = res.get("settings", {}), res.get("nll_baseline", {})
     doc.add(f"Corpus {s.get('corpus', DASH)} (sentences of at most {s.get('max_tokens', DASH)} tokens; "
             f"{s.get('train_sentences', DASH)} training, {s.get('test_sentences', DASH)} test sentences). An NLL model "
             f"trained until valid BLEU stopped improving (best epoch {base.get('best_epoch', DASH)} of "
@@ -347,12 +357,10 @@ def recipe_section(doc):
 
 
 def translation_section(doc):
-    doc.add("## Translation (l10n-de-en)", "")
-    tr = doc.load("translation")
+    tr = section(doc, "Translation (l10n-de-en)", "translation")
     if not tr:
-        return absent(doc, "translation")
-    base = tr.get("nll_baseline", {})
-    s = tr.get("settings", {})
+        return
+    s, base = tr.get("settings", {}), tr.get("nll_baseline", {})
     doc.add(f"Every row starts from the NLL model of the distillation table (best epoch {base.get('best_epoch', DASH)} "
             f"of {base.get('epochs', DASH)}, stopped by {base.get('stopped', DASH)}, valid {num(base.get('best_valid_bleu'))}) "
             f"and trains {s.get('extra_epochs', DASH)} more epochs with no early stop; valid BLEU at beam 5 under the "
@@ -503,10 +511,9 @@ def mass(row):
 
 
 def distillation_section(doc):
-    doc.add("## Distillation (l10n-de-en)", "")
-    ds = doc.load("distillation")
+    ds = section(doc, "Distillation (l10n-de-en)", "distillation")
     if not ds:
-        return absent(doc, "distillation")
+        return
     how = (f"Training: {ds['training']}" if isinstance(ds.get("training"), str) else
            "Each model trained until valid BLEU (teacher beam 5, students greedy) stopped improving, or to its epoch "
            "cap (marked \"(cap)\")")
@@ -648,10 +655,9 @@ def pruning_row_fields(key, row):
 
 
 def pruning_section(doc):
-    doc.add("## Pruning the Seq-KD student", "")
-    pr = doc.load("pruning")
-    if not pr or "rows" not in pr:
-        return absent(doc, "pruning")
+    pr = section(doc, "Pruning the Seq-KD student", "pruning", needs="rows")
+    if not pr:
+        return
     before = pr.get("seq_kd_student_before_retraining") or {}
     lr = (pr.get("settings") or {}).get("retrain_lr")
     retraining = (pr["retraining"] if isinstance(pr.get("retraining"), str) else
@@ -837,16 +843,6 @@ TITLES = {"glance_section": ("at a glance", "at-a-glance"),
           "pruning_section": ("pruning", "pruning-the-seq-kd-student")}
 
 
-def write_atomic(path, text):
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    tmp = f"{path}.tmp{os.getpid()}"
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
 def check(path, text, context=40):
     """0 when ``path`` holds ``text``; else print a diff summary and return 1."""
     if not os.path.exists(path):
@@ -883,7 +879,7 @@ def main(argv=None):
     if args.check:
         return check(args.output, text)
     if args.write:
-        write_atomic(args.output, text)
+        write_file(args.output, text)
         print(f"wrote {args.output}")
         return 0
     sys.stdout.write(text)

@@ -44,8 +44,8 @@ import os
 import shutil
 import time
 
-import deen
-from common import paired_bootstrap, write_results
+from benchmarks import deen
+from benchmarks.common import paired_bootstrap, write_results
 from fairseq_bso.evaluation import parse_hypotheses
 
 BSO = ["--task", "constrained_beam_training", "--criterion", "bso", "--bso-cost", "sentence_bleu",

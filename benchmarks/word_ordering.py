@@ -30,9 +30,9 @@ import argparse
 import os
 import time
 
-from common import WORK, paired_bootstrap, write_results
+from benchmarks.common import WORK, paired_bootstrap, write_results
 
-import bso_recipe
+from benchmarks import bso_recipe
 
 # this file's row name: (bso_recipe.py's row, what it is)
 ROWS = {
