@@ -42,7 +42,8 @@ import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(os.path.dirname(HERE))
-sys.path.insert(0, ROOT)
+if __name__ == "__main__":  # run as a script from a clone: the clone's plugin (imported as a module, the importer's)
+    sys.path.insert(0, ROOT)
 
 from fairseq_bso.evaluation import corpus_bleu, parse_hypotheses  # noqa: E402
 from fairseq_bso import safe_io  # noqa: E402
