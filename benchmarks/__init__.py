@@ -1,2 +1,2 @@
-"""The benchmarks (see benchmarks/README.md). A package so that ``python3 -m benchmarks.report`` runs from the
-repository root; the scripts themselves still run as ``python3 benchmarks/<name>.py``."""
+"""The benchmarks (see benchmarks/README.md): a package whose scripts run from the repository root as
+``python3 -m benchmarks.<name>``; ``benchmarks/common.py`` is their harness."""

@@ -34,8 +34,8 @@ Runs under whatever else shares the machine (``nice -n 19``, one thread): no fig
 Every stage is skipped when done, so a rerun resumes; the results file is rewritten after every
 finished seed, its ``state`` saying what is unfinished.
 
-    nice -n 19 python3 benchmarks/bso_authors.py --bso-epochs 39 --seeds 1 2 3
-    python3 benchmarks/bso_authors.py --report      # rewrite the results file from the finished stages
+    nice -n 19 python3 -m benchmarks.bso_authors --bso-epochs 39 --seeds 1 2 3
+    python3 -m benchmarks.bso_authors --report      # rewrite the results file from the finished stages
 """
 
 import argparse

@@ -21,9 +21,9 @@ Protocol (fixed before the runs):
 * one lever changes per row against ``bso`` (the paper's recipe: raw-logit score,
   0/1 Δ, beam curriculum 2 → 6 one epoch per K, K_tr = 6).
 
-    python3 benchmarks/bso_recipe.py                       # all rows, 2 at a time
-    python3 benchmarks/bso_recipe.py --rows seq2seq bso    # some rows
-    python3 benchmarks/bso_recipe.py --epochs 36 --rows seq2seq bso   # the same runs, extended to 36 epochs
+    python3 -m benchmarks.bso_recipe                       # all rows, 2 at a time
+    python3 -m benchmarks.bso_recipe --rows seq2seq bso    # some rows
+    python3 -m benchmarks.bso_recipe --epochs 36 --rows seq2seq bso   # the same runs, extended to 36 epochs
 
 A longer budget resumes the same runs (``checkpoint_last.pt``), so the first 12 epochs of a
 36-epoch row are its 12-epoch row; each budget keeps its own best checkpoint

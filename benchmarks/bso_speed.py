@@ -12,8 +12,8 @@ in one process, and the figures are medians over rounds (and the median of the
 per-round ratios).  Peak memory is measured in a fresh subprocess per method: the
 rise of the peak resident set size over the resident size before the first update.
 
-    python3 benchmarks/bso_speed.py                 # writes benchmarks/results/bso_speed.json
-    python3 benchmarks/bso_speed.py --rounds 7 --batches 4
+    python3 -m benchmarks.bso_speed                 # writes benchmarks/results/bso_speed.json
+    python3 -m benchmarks.bso_speed --rounds 7 --batches 4
 """
 
 import argparse

@@ -2,8 +2,8 @@
 """The talk's compression tables (sequence-level distillation, pruning, decoding speed) on l10n-de-en, from
 scratch, by one command that resumes where it stopped.
 
-    python3 benchmarks/compression.py            # writes benchmarks/results/{distillation,pruning,decode_speed}.json
-    python3 benchmarks/compression.py --smoke    # the same chain on 300 sentences, 1 epoch, into runs/.../compression_smoke
+    python3 -m benchmarks.compression            # writes benchmarks/results/{distillation,pruning,decode_speed}.json
+    python3 -m benchmarks.compression --smoke    # the same chain on 300 sentences, 1 epoch, into runs/.../compression_smoke
 
 The chain (every stage a job; at most ``--jobs`` single-thread jobs at once; a stage that finished has a
 ``done`` marker under ``WORK/compression/stages`` and is skipped by a rerun; fairseq-train resumes from its

@@ -21,7 +21,7 @@ fairseq's ``forward_decoder``.  ``teacher+lean`` against ``NAME+lean`` is the mo
 search, same decoder code); ``teacher`` against ``teacher+lean`` is the search's and the code's.  Run it on a quiet machine (nothing else
 running); the results file says so only if ``--quiet-machine`` is given.
 
-    python3 benchmarks/decode_speed.py teacher=DIR/teacher/checkpoint_best.pt student=... [--rounds 5]
+    python3 -m benchmarks.decode_speed teacher=DIR/teacher/checkpoint_best.pt student=... [--rounds 5]
 """
 
 import argparse

@@ -17,8 +17,8 @@ sacrebleu's paired bootstrap of each row's beam 5 against seq2seq's per seed, un
 constrained. Figures were measured with the two
 cores shared by the runs (not a timing).
 
-    python3 benchmarks/demo_recipes.py --seeds 1 2 3 --recipes log_softmax log_softmax_nll
-    python3 benchmarks/demo_recipes.py --report          # rewrite the results file from the runs
+    python3 -m benchmarks.demo_recipes --seeds 1 2 3 --recipes log_softmax log_softmax_nll
+    python3 -m benchmarks.demo_recipes --report          # rewrite the results file from the runs
 """
 
 import argparse

@@ -8,7 +8,7 @@ greedy and beam 5, decoding speed (student greedy vs teacher beam 5, median of `
 throughput of ``seq_kd`` vs plain ``fairseq-generate`` on the same teacher, beam and batches (paired runs,
 median ratio).  Each stage resumes; rerun the same command after an interruption.
 
-    python3 benchmarks/distillation.py        # writes benchmarks/results/distillation.json
+    python3 -m benchmarks.distillation        # writes benchmarks/results/distillation.json
 """
 
 import argparse

@@ -4,8 +4,8 @@
     python3 -m benchmarks.plots
 
 Then regenerate docs/results.md (``python3 -m benchmarks.report --write``), which links the plots.
-Pruning rows are read with either key set (``scheme``/``ratio_percent`` fields, or only the row key
-``scheme:percent``, including issue 28's ``dense:N`` rows, drawn as their own markers).
+``distillation.png`` and ``pruning.png`` are not drawn here: ``python3 -m benchmarks.compression`` draws them
+with the results files it writes (``--report`` redraws them from what exists).
 """
 
 import argparse
@@ -19,12 +19,6 @@ def save_png(fig, name):
     """``fig`` as results/NAME (PNG, 120 dpi), written atomically."""
     write_file(os.path.join(RESULTS, name), save=lambda tmp: fig.savefig(tmp, dpi=120, format="png"))
     print(f"wrote {name}")
-
-
-def scheme_and_percent(key, row):
-    """(scheme, percent) of a pruning row: its own fields, else its key ``scheme:percent``."""
-    scheme, _, percent = key.partition(":")
-    return row.get("scheme", scheme), row.get("ratio_percent", int(percent) if percent.isdigit() else None)
 
 
 def load(name):
@@ -146,34 +140,8 @@ def main():
             which = f" ({tag.lstrip('_')})" if tag else ""
             convergence_curves(plt, rows, f"de→en{which}: valid BLEU (beam 5, own decoding) per extra epoch",
                                f"translation{tag}_curves.png")
-    ds = load("distillation")
-    pr = load("pruning")
-    rows = {n: r for n, r in (ds or {}).items() if isinstance(r, dict) and "valid_bleu_curve" in r}
-    if rows:
-        convergence_curves(plt, rows, "Distillation: valid BLEU per epoch (teacher beam 5, students greedy)",
-                           "distillation.png")
-    if pr and "rows" in pr:
-        curves = dict(pr["rows"])
-        for tag, lever in tagged_results("pruning", "_lr"):  # retraining-lr levers (--tag)
-            curves.update({f"{row} {tag.lstrip('_')}": r for row, r in lever.get("rows", {}).items()})
-        convergence_curves(plt, curves, "Pruned Seq-KD students retrained: valid BLEU (greedy)",
-                           "pruning_curves.png")
-        rows = [(*scheme_and_percent(k, r), r) for k, r in pr["rows"].items()]
-        blind = sorted(((p, r) for s, p, r in rows if s == "class-blind" and p is not None), key=lambda x: x[0])
-        fig, ax = plt.subplots(figsize=(5, 3.5))
-        for key, label in (("bleu_greedy", "greedy"), ("bleu_beam5", "beam 5")):
-            measured = [(p, r[key]) for p, r in blind if r.get(key) is not None]  # a run in progress has nulls
-            ax.plot([p for p, _ in measured], [b for _, b in measured], marker="o", label=label)
-        for scheme, percent, r in rows:
-            if scheme != "class-blind" and percent is not None and r.get("bleu_greedy") is not None:
-                label = f"dense, as many weights as {percent}% pruned, greedy" if scheme == "dense" else f"{scheme} greedy"
-                ax.plot([percent], [r["bleu_greedy"]], marker="s" if scheme == "dense" else "x", ls="", label=label)
-        ax.set_xlabel("weights pruned (%), retrained to convergence")
-        ax.set_ylabel("test BLEU")
-        ax.set_title("Seq-KD student: BLEU vs sparsity")
-        ax.legend(fontsize=7)
-        fig.tight_layout()
-        save_png(fig, "pruning.png")
+    # distillation.png and pruning.png are drawn by compression.py (``--report`` redraws them), the script that
+    # writes their results files
     dr = load("demo_recipes")
     if dr and dr.get("runs"):
         demo_recipe_curves(plt, dr, "demo_recipes.png")

@@ -15,7 +15,7 @@ against the 0% row, non-zero parameters and the size on disk of the stock export
 and without the pruning callback's gradient/weight masking, alternating in one process (``--rounds`` rounds;
 a quiet machine).
 
-    python3 benchmarks/pruning.py        # writes benchmarks/results/pruning.json
+    python3 -m benchmarks.pruning        # writes benchmarks/results/pruning.json
 """
 
 import argparse
@@ -90,7 +90,7 @@ def main():
     bin_dir, refs = deen.data()
     student_dir = os.path.join(deen.DIR, "student_seq_kd")
     if not deen.finished("student_seq_kd"):
-        raise SystemExit("run benchmarks/distillation.py first: pruning starts from its Seq-KD student "
+        raise SystemExit("run python3 -m benchmarks.distillation first: pruning starts from its Seq-KD student "
                          f"({student_dir})")
     student = os.path.join(student_dir, "checkpoint_best.pt")
     kd_bin = os.path.join(deen.DIR, "kd_beam", "bin")

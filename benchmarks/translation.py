@@ -25,11 +25,11 @@ Protocol (fixed before the runs):
   kept under the margin loss, after Edunov et al. 2018's mixtures); ``bso_log_softmax_nll0.5`` and
   ``bso_log_softmax_nll2`` (the same with λ = 0.5 and λ = 2: the weight's ablation).
 
-    python3 benchmarks/translation.py                          # all rows, one after another
-    python3 benchmarks/translation.py --only bso               # train one row (parallel processes)
-    python3 benchmarks/translation.py --report                 # results from the finished rows
-    python3 benchmarks/translation.py --extra-epochs 16        # a longer budget: extends the 8-epoch runs
-    python3 benchmarks/translation.py --seed 2 --only seq2seq  # another seed (runs and results file ``_s2``)
+    python3 -m benchmarks.translation                          # all rows, one after another
+    python3 -m benchmarks.translation --only bso               # train one row (parallel processes)
+    python3 -m benchmarks.translation --report                 # results from the finished rows
+    python3 -m benchmarks.translation --extra-epochs 16        # a longer budget: extends the 8-epoch runs
+    python3 -m benchmarks.translation --seed 2 --only seq2seq  # another seed (runs and results file ``_s2``)
 
 Each run resumes (``checkpoint_last.pt``).  A run of N extra epochs starts from a copy of the same row's
 finished run of fewer epochs when there is one (the learning rate is constant and the curriculum counts

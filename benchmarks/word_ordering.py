@@ -23,7 +23,7 @@ conbso_log_softmax_nll and bso), so the two commands share their runs; every sta
 resumes.  The cost of the constraint is measured by ``benchmarks/bso_speed.py --model demo`` on a
 quiet machine (``bso_speed_demo.json``), not here.
 
-    python3 benchmarks/word_ordering.py        # writes benchmarks/results/word_ordering.json
+    python3 -m benchmarks.word_ordering        # writes benchmarks/results/word_ordering.json
 """
 
 import argparse
