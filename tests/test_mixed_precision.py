@@ -234,6 +234,20 @@ def test_bso_rescored_scores_agree_with_the_search_in_each_precision(bso_models,
     the largest Σ_i |f_i W_vi| + |b_v| (:func:`_output_magnitude`); a ``log_softmax`` score at step t sums t + 1
     log-probabilities, each z_y − logsumexp(z) with two such errors.  The Transformer's attention softmax runs in
     float32 in fairseq whatever the model's dtype, so its eps is at least float32's."""
+    _check_scores_in_precision(bso_models, monkeypatch, precision, arch, score, route)
+
+
+@pytest.mark.parametrize("score,lenpen", [("logit", 1.0), ("log_softmax", 0.6)])
+@pytest.mark.parametrize("precision", list(PRECISIONS))
+def test_bso_learning_to_stop_scores_agree_with_the_search_in_each_precision(bso_models, monkeypatch, precision,
+                                                                             score, lenpen):
+    """The same with --bso-learn-to-stop (the LSTM, the criterion's own choice of re-scoring route): the violations
+    whose rival is a hypothesis that finished early compare the whole gold's ranking score g(y) (its final logit,
+    or S(y) / T^lenpen) with the finished one's, and those agree with the search's too."""
+    _check_scores_in_precision(bso_models, monkeypatch, precision, "lstm", score, "auto", stop=True, lenpen=lenpen)
+
+
+def _check_scores_in_precision(bso_models, monkeypatch, precision, arch, score, route, stop=False, lenpen=1.0):
     import copy
     import functools
     from fairseq_bso.bso import criterion as crit_module
@@ -246,7 +260,7 @@ def test_bso_rescored_scores_agree_with_the_search_in_each_precision(bso_models,
     model = copy.deepcopy(model).to(param_dtype).train()
     monkeypatch.setattr(crit_module, "rescore", functools.partial(rescore, mode=route))
     crit = crit_module.BSOCriterion(task, bso_beam_size=3, bso_curriculum_start=3, bso_score=score,
-                                    bso_nll_weight=0.5)
+                                    bso_nll_weight=0.5, bso_learn_to_stop=stop, bso_lenpen=lenpen)
     captured = []
     passes = crit.passes
     crit.passes = lambda *args, **kwargs: captured.append(passes(*args, **kwargs)) or captured[-1]
@@ -273,32 +287,44 @@ def test_bso_rescored_scores_agree_with_the_search_in_each_precision(bso_models,
                                         f"{longer} after a step on the beam"
     A = _output_magnitude(model, sample, torch.cat([target, result.violating_tokens]), d.eos())
     per_step = ROUNDINGS * eps * A
+    label = f"{precision} {arch} {score} {route}" + (f" stop lenpen {lenpen}" if stop else "")
     gold, violating = scored.gold, scored.violating
+    finished = result.gold_step > steps  # learning to stop: a finished rival, compared with the whole gold
+    if stop:
+        assert finished[v].any(), f"{precision}: no finished rival among {int(v.sum())} violations"
     if score == "log_softmax":  # the search ranks whole prefixes: S(y_{1:t}); the re-scoring gives step log-probs
-        prefix = torch.cat([gold.new_zeros(gold.size(0), 1), gold.cumsum(1)], 1).gather(1, result.segment_start)
-        gold, violating = gold.cumsum(1), prefix + segment_sums(violating, result.segment_start)
+        cum = gold.cumsum(1)
+        prefix = torch.cat([gold.new_zeros(gold.size(0), 1), cum], 1).gather(1, result.segment_start)
+        violating = prefix + segment_sums(violating, result.segment_start)
+        normalizer = (steps + 1).to(gold.dtype).pow(lenpen)  # g of a finished hypothesis: S / length^lenpen
+        whole = cum.gather(1, result.gold_step) / (result.gold_step + 1).to(gold.dtype).pow(lenpen)
+        gold = torch.where(finished, whole, cum)
+        violating = torch.where(finished, violating / normalizer, violating)
         tol = 2 * per_step * (steps + 1).to(gold.dtype)
-    else:
-        tol = torch.full(target.shape, per_step, dtype=gold.dtype)
-    for name, got, want in (("gold", gold, result.gold_scores), ("rival", violating, result.rival_scores)):
+        gold_tol = 2 * per_step * (result.gold_step + 1).to(gold.dtype)  # (normalized by >= 1: lenpen >= 0)
+    else:  # a finished rival is compared with the gold's final logit
+        gold = gold.gather(1, result.gold_step)
+        tol = gold_tol = torch.full(target.shape, per_step, dtype=gold.dtype)
+    for name, got, want, bound in (("gold", gold, result.gold_scores, gold_tol),
+                                   ("rival", violating, result.rival_scores, tol)):
         diff = (got - want).abs()
-        worst = (diff - tol).masked_fill(~v, -math.inf).argmax()
+        worst = (diff - bound).masked_fill(~v, -math.inf).argmax()
         b, t = divmod(worst.item(), target.size(1))
-        assert (diff[v] <= tol[v]).all(), (
-            f"{precision} {arch} {score} {route}: {name} score at (sentence {b}, step {t}): re-scored "
+        assert (diff[v] <= bound[v]).all(), (
+            f"{label}: {name} score at (sentence {b}, step {t}): re-scored "
             f"{got[b, t].item():.6g}, search {want[b, t].item():.6g}, |diff| {diff[b, t].item():.3e} > tolerance "
-            f"{tol[b, t].item():.3e} (eps {eps:.3g}, A {A:.3g}); max |diff| over {int(v.sum())} violations "
+            f"{bound[b, t].item():.3e} (eps {eps:.3g}, A {A:.3g}); max |diff| over {int(v.sum())} violations "
             f"{diff[v].max().item():.3e}")
     # the margin loss the search's own scores imply: Σ Δ (1 − S(y) + S(ŷ)) (the shared gold prefix cancels)
     implied = (result.delta * (1.0 - result.gold_scores + result.rival_scores))[v].sum().item()
-    loss_tol = (result.delta * 2 * tol)[v].sum().item()
+    loss_tol = (result.delta * (gold_tol + tol))[v].sum().item()
     margin = log["bso_margin_loss"].item()
-    assert abs(margin - implied) <= loss_tol, (f"{precision} {arch} {score} {route}: margin loss {margin:.6g}, "
+    assert abs(margin - implied) <= loss_tol, (f"{label}: margin loss {margin:.6g}, "
                                                f"from the search's scores {implied:.6g}, tolerance {loss_tol:.3e}")
     # the NLL term against the NLL of fairseq's teacher-forced forward (log-probabilities in float32 for a half model)
     ce = -lprobs.gather(2, target.unsqueeze(2)).squeeze(2).masked_fill(target.eq(d.pad()), 0.0).sum().item()
     nll = log["bso_nll"].item()
     nll_tol = 2 * per_step * sample["ntokens"]
-    assert abs(nll - ce) <= nll_tol, (f"{precision} {arch} {score} {route}: NLL term {nll:.6g}, fairseq's "
+    assert abs(nll - ce) <= nll_tol, (f"{label}: NLL term {nll:.6g}, fairseq's "
                                       f"teacher-forced NLL {ce:.6g}, tolerance {nll_tol:.3e}")
     assert abs(loss.item() - (margin + 0.5 * nll)) <= 1e-6 * max(abs(loss.item()), 1.0), (loss.item(), margin, nll)
