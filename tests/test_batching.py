@@ -51,23 +51,50 @@ def test_plugin_tasks_iterate_over_every_sentence(uneven_bin, subset, options, t
         assert sorted(iterator_ids(uneven_bin, task_name, subset, options, epoch=2)) == sorted(ids)
 
 
-@pytest.mark.parametrize("task_name", ["constrained_beam_training", "translation_pruned"])
-def test_a_resumed_epoch_builds_the_batches_of_epoch_1(uneven_bin, task_name):
+@pytest.mark.parametrize("task_name", ["constrained_beam_training", "translation_pruned", "seq_kd"])
+def test_a_resumed_epoch_builds_the_batches_of_epoch_1(uneven_bin, task_name, tmp_path):
     """SameBatchesOnResume, shared by the plugin's tasks: the iterator of a run resumed in epoch 3 holds the
-    batches of epoch 1 (as the uninterrupted run's reused iterator does) and starts in epoch 3."""
+    batches of epoch 1 (as the uninterrupted run's reused iterator does) and starts in epoch 3.  (seq_kd only
+    generates, in epoch 1, where the mixin changes nothing; this checks that its own get_batch_iterator, which
+    reorganizes fairseq's batches into shards, composes with the mixin.)"""
     from fairseq.tasks import TASK_DATACLASS_REGISTRY, TASK_REGISTRY
 
     def batches(epoch):
+        extra = {"kd_output_dir": str(tmp_path / f"kd{epoch}")} if task_name == "seq_kd" else {}
         cfg = TASK_DATACLASS_REGISTRY[task_name](data=uneven_bin, source_lang="src", target_lang="tgt",
-                                                 dataset_impl=None, required_seq_len_multiple=1, train_subset="train")
+                                                 dataset_impl=None, required_seq_len_multiple=1, train_subset="train",
+                                                 **extra)
         task = TASK_REGISTRY[task_name].setup_task(cfg)
         task.load_dataset("train")
         iterator = task.get_batch_iterator(dataset=task.dataset("train"), max_sentences=8, seed=1, epoch=epoch,
                                            required_batch_size_multiple=1)
-        return [sorted(b.tolist()) for b in iterator.frozen_batches], iterator.epoch
+        return [sorted(int(i) for i in b) for b in iterator.frozen_batches], iterator.epoch
 
     first, third = batches(1), batches(3)
     assert third == (first[0], 3), f"{task_name}: epoch 3's iterator differs from epoch 1's"
+
+
+def test_every_plugin_task_shares_the_batching_fixes_and_lean_greedy():
+    """Every task the plugin registers (its own and the pruned twins) has both batching fixes, and every one of
+    them that generates translations has --lean-greedy (language modeling has no source to decode from)."""
+    from fairseq.tasks import TASK_DATACLASS_REGISTRY, TASK_REGISTRY
+    from fairseq.tasks.translation import TranslationTask
+
+    import fairseq_bso  # noqa: F401  (registers the plugin's tasks)
+    from fairseq_bso.distill.lean_greedy_task import LeanGreedy, LeanGreedyConfig
+    from fairseq_bso.fairseq_fixes.batching import PluginBatching
+
+    plugin = {name: cls for name, cls in TASK_REGISTRY.items() if cls.__module__.startswith("fairseq_bso")}
+    expected = {"constrained_beam_training", "seq_kd", "translation_pruned", "language_modeling_pruned"}
+    assert expected <= set(plugin), f"plugin tasks registered: {sorted(plugin)}"
+    missing = []
+    for name, cls in sorted(plugin.items()):
+        if not issubclass(cls, PluginBatching):
+            missing.append(f"{name}: no PluginBatching in {[c.__name__ for c in cls.__mro__]}")
+        if issubclass(cls, TranslationTask) and not (
+                issubclass(cls, LeanGreedy) and issubclass(TASK_DATACLASS_REGISTRY[name], LeanGreedyConfig)):
+            missing.append(f"{name}: a translation task without LeanGreedy and its --lean-greedy option")
+    assert not missing, "; ".join(missing)
 
 
 @pytest.mark.parametrize("subset", ["train", "valid"])

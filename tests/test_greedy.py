@@ -56,6 +56,36 @@ def test_lean_greedy_prints_what_fairseqs_generator_prints(word_order_bin, varie
         f"{different[0][1]!r}" if different else f"{len(lean)} lines vs fairseq's {len(reference)}")
 
 
+def test_seq_kd_with_lean_greedy_writes_the_corpus_of_fairseqs_generator(word_order_bin, varied_checkpoint, tmp_path):
+    """``--task seq_kd`` has ``--lean-greedy`` as every plugin translation task does (the LeanGreedy mixin): the
+    Seq-KD corpus it writes with the lean decoder is the one fairseq's generator writes at ``--beam 1``, sources
+    and hypotheses byte for byte, scores to within the float32 rounding of their magnitude (and the file's 6
+    decimals); the log shows which decoder ran."""
+    def corpus(name, extra):
+        out_dir = tmp_path / name
+        proc = harness.generate(word_order_bin, varied_checkpoint, [
+            "--task", "seq_kd", "--kd-output-dir", str(out_dir), "--kd-write-scores", *extra], beam=1)
+        return proc.stdout, {n: (out_dir / f"test.{n}").read_text(encoding="utf-8") for n in ("src", "tgt", "score")}
+
+    plain_log, plain = corpus("plain", [])
+    lean_log, lean = corpus("lean", ["--lean-greedy"])
+    assert "the decoder step is LSTMStep" in lean_log, lean_log[-2000:]
+    assert "LSTMStep" not in plain_log, plain_log[-2000:]
+    hyps = plain["tgt"].splitlines()
+    assert len(hyps) == 20 and len({len(h.split()) for h in hyps}) > 2, (
+        f"{len(hyps)} hypotheses of lengths {sorted({len(h.split()) for h in hyps})}: the batches never shrink")
+    for name in ("src", "tgt"):
+        different = [(i, a, b) for i, (a, b) in enumerate(zip(plain[name].splitlines(), lean[name].splitlines()))
+                     if a != b]
+        assert plain[name] == lean[name], (
+            f"test.{name}: {len(different)} lines differ, e.g. line {different[0][0]}: fairseq {different[0][1]!r} vs "
+            f"lean {different[0][2]!r}" if different else f"test.{name}: the files differ in length")
+    ref, got = ([float(x) for x in c["score"].splitlines()] for c in (plain, lean))
+    tol = [1e-6 + 8 * torch.finfo(torch.float32).eps * abs(r) for r in ref]
+    off = [(i, r, g) for i, (r, g, t) in enumerate(zip(ref, got, tol)) if abs(r - g) > t]
+    assert len(ref) == len(got) == 20 and not off, f"scores differ (line, fairseq, lean): {off[:5]}"
+
+
 def test_lean_greedy_hypotheses_equal_the_generators_in_process(word_order_bin, varied_checkpoint):
     """In float64: tokens exactly; scores, positional scores and attention to within a few float64 roundings
     of their magnitude (the same operations run in the same order, so they are equal on any CPU we know of)."""

@@ -123,6 +123,18 @@ def test_missing_output_dir_is_a_clear_error(word_order_bin, nll_checkpoint):
     assert proc.returncode != 0 and "--task seq_kd needs --kd-output-dir DIR" in proc.stdout
 
 
+def test_training_with_the_seq_kd_task_is_refused(word_order_bin, tmp_path):
+    """seq_kd generates a corpus; fairseq-train with it would have read a finished corpus log as 'already
+    generated' and trained on one batch per epoch: it is refused before any batch, and nothing is written."""
+    out_dir = tmp_path / "kd"
+    proc = harness.train(word_order_bin, str(tmp_path / "ckpt"), extra=["--task", "seq_kd", "--kd-output-dir",
+                                                                        str(out_dir)], check=False)
+    assert proc.returncode != 0, proc.stdout[-2000:]
+    assert "ValueError: --task seq_kd writes a distillation corpus with fairseq-generate; it does not train or " \
+           "validate a model" in proc.stdout, proc.stdout[-2000:]
+    assert not out_dir.exists() and "begin training epoch" not in proc.stdout
+
+
 def test_every_sentence_with_the_default_batch_size_multiple(uneven_bin, nll_checkpoint, tmp_path):
     """The issue's command, `--batch-size 64` and fairseq's default --required-batch-size-multiple 8, on 203
     sentences: stock translation generates fewer (its last partial batch is dropped), seq_kd all of them."""

@@ -27,8 +27,9 @@ Any other model decodes through ``forward_decoder``, with an info line saying so
 
 What it leaves out: beam > 1, sampling, prefix tokens, lexical constraints, ``--no-repeat-ngram-size``,
 ``--match-source-len``, a language-model fusion and diverse search.  ``build`` refuses them with an error
-naming the option (it never falls back silently).  Selected in ``fairseq-generate`` with
-``--task constrained_beam_training --lean-greedy --beam 1``.
+naming the option (it never falls back silently).  Selected in ``fairseq-generate`` with ``--lean-greedy --beam 1``
+and any plugin translation task (``--task translation_pruned``, ``constrained_beam_training`` or ``seq_kd``;
+``fairseq_bso.distill.lean_greedy_task``).
 """
 
 import logging

@@ -3,7 +3,10 @@
 
 ``LeanGreedy`` is a task mixin (before the fairseq task in the bases) for sequence-to-sequence tasks whose
 ``build_generator`` is fairseq's (``translation`` and its subclasses); ``LeanGreedyConfig`` holds its option.
-Every plugin translation task has it (``constrained_beam_training``, the pruned variants of ``translation``).
+Every plugin translation task has it: ``constrained_beam_training``, ``seq_kd`` (the corpus decoded greedily), the
+pruned twins of ``translation`` and of any translation task (``fairseq_bso.prune.tasks.register_pruned_task``).
+``language_modeling_pruned`` has not: a language model generates from prefix tokens, which the lean decoder does
+not implement.
 """
 
 from dataclasses import dataclass, field

@@ -16,7 +16,10 @@ gone, from ``fairseq-generate``'s output, from every training epoch and from val
 holding the examples fairseq left out (after its size filter), in fairseq's order.
 
 ``SameBatchesOnResume`` is mixed into them too: a resumed run trains on the batches of the uninterrupted run
-(see its docstring).  ``PluginBatching`` is the two together, in the order every plugin task uses.
+(see its docstring).  ``PluginBatching`` is the two together, in the order every plugin task uses:
+``constrained_beam_training``, ``seq_kd`` (which only generates, in epoch 1: ``SameBatchesOnResume`` has nothing
+to do there), and the pruned twins (``translation_pruned``, ``language_modeling_pruned``, a user's
+``register_pruned_task``).  Stock fairseq tasks (``--task translation``, ...) have neither fix.
 """
 
 import contextlib
