@@ -247,7 +247,17 @@ def test_bso_learning_to_stop_scores_agree_with_the_search_in_each_precision(bso
     _check_scores_in_precision(bso_models, monkeypatch, precision, "lstm", score, "auto", stop=True, lenpen=lenpen)
 
 
-def _check_scores_in_precision(bso_models, monkeypatch, precision, arch, score, route, stop=False, lenpen=1.0):
+@pytest.mark.parametrize("score", ["logit", "log_softmax"])
+@pytest.mark.parametrize("precision", list(PRECISIONS))
+def test_bso_shared_dropout_scores_agree_with_the_search_in_each_precision(bso_models, monkeypatch, precision, score):
+    """The same with --bso-dropout shared (the LSTM, dropout 0.3 everywhere): the masks (drawn in the model's dtype)
+    that the search and the re-scoring share keep their scores in agreement.  A grows by 1 / (1 − p), the masks'
+    scale; the NLL term is not compared (fairseq's forward would draw other masks)."""
+    _check_scores_in_precision(bso_models, monkeypatch, precision, "lstm", score, "auto", dropout=0.3)
+
+
+def _check_scores_in_precision(bso_models, monkeypatch, precision, arch, score, route, stop=False, lenpen=1.0,
+                               dropout=0.0):
     import copy
     import functools
     from fairseq_bso.bso import criterion as crit_module
@@ -258,9 +268,15 @@ def _check_scores_in_precision(bso_models, monkeypatch, precision, arch, score, 
     if arch == "transformer":
         eps = max(eps, 2.0 ** -23)
     model = copy.deepcopy(model).to(param_dtype).train()
+    if dropout:
+        for m in model.modules():
+            if type(m).__name__ == "FairseqDropout":
+                m.p = dropout
+        torch.manual_seed(3)
     monkeypatch.setattr(crit_module, "rescore", functools.partial(rescore, mode=route))
     crit = crit_module.BSOCriterion(task, bso_beam_size=3, bso_curriculum_start=3, bso_score=score,
-                                    bso_nll_weight=0.5, bso_learn_to_stop=stop, bso_lenpen=lenpen)
+                                    bso_nll_weight=0.5, bso_learn_to_stop=stop, bso_lenpen=lenpen,
+                                    bso_dropout="shared" if dropout else "off")
     captured = []
     passes = crit.passes
     crit.passes = lambda *args, **kwargs: captured.append(passes(*args, **kwargs)) or captured[-1]
@@ -268,7 +284,7 @@ def _check_scores_in_precision(bso_models, monkeypatch, precision, arch, score, 
     target = sample["target"]
     with torch.autocast("cpu", dtype=autocast, enabled=autocast is not None):
         loss, sample_size, log = crit(model, sample)
-        model.eval()  # fairseq's cross-entropy of the same model at the same precision (dropout is 0 anyway)
+        model.eval()  # the NLL reference: fairseq's teacher-forced forward of the same model, without dropout
         out = model(**sample["net_input"])
         lprobs = torch.log_softmax(upcast(out[0]), dim=-1)  # (get_normalized_probs: float32 even for float64)
     model.train()
@@ -285,9 +301,10 @@ def _check_scores_in_precision(bso_models, monkeypatch, precision, arch, score, 
     longer = int((result.segment_start[v] < steps[v]).sum())
     assert v.sum() >= 5 and longer > 0, f"{precision} {arch}: a weak case, {int(v.sum())} violations, " \
                                         f"{longer} after a step on the beam"
-    A = _output_magnitude(model, sample, torch.cat([target, result.violating_tokens]), d.eos())
+    A = _output_magnitude(model, sample, torch.cat([target, result.violating_tokens]), d.eos()) / (1 - dropout)
     per_step = ROUNDINGS * eps * A
-    label = f"{precision} {arch} {score} {route}" + (f" stop lenpen {lenpen}" if stop else "")
+    label = f"{precision} {arch} {score} {route}" + (f" stop lenpen {lenpen}" if stop else "") + \
+        (f" dropout {dropout} shared" if dropout else "")
     gold, violating = scored.gold, scored.violating
     finished = result.gold_step > steps  # learning to stop: a finished rival, compared with the whole gold
     if stop:
@@ -321,6 +338,8 @@ def _check_scores_in_precision(bso_models, monkeypatch, precision, arch, score, 
     margin = log["bso_margin_loss"].item()
     assert abs(margin - implied) <= loss_tol, (f"{label}: margin loss {margin:.6g}, "
                                                f"from the search's scores {implied:.6g}, tolerance {loss_tol:.3e}")
+    if dropout:
+        return
     # the NLL term against the NLL of fairseq's teacher-forced forward (log-probabilities in float32 for a half model)
     ce = -lprobs.gather(2, target.unsqueeze(2)).squeeze(2).masked_fill(target.eq(d.pad()), 0.0).sum().item()
     nll = log["bso_nll"].item()
