@@ -130,6 +130,23 @@ def test_bso_trains_in_mixed_precision(word_order_bin, nll_checkpoint, tmp_path,
     assert torch.isfinite(loss), f"{mode}: the loaded checkpoint's BSO loss {loss}"
 
 
+@pytest.mark.parametrize("mode,optimizer", [("fp16", "adagrad"), ("memory_efficient_fp16", "adam"), ("amp", "adagrad")])
+def test_bso_curriculum_reset_reaches_the_optimizer_inside_the_mixed_precision_wrapper(word_order_bin, tmp_path, mode,
+                                                                                      optimizer):
+    """--bso-curriculum-reset-optimizer under fairseq's FP16Optimizer, MemoryEfficientFP16Optimizer (which refuses
+    Adagrad: fairseq's "Unsupported optimizer") and AMPOptimizer: K grows at epoch 2 (4 updates per epoch), and the
+    saved optimizer state counts the 4 steps since the reset, not 8, for every parameter."""
+    out = harness.train(word_order_bin, str(tmp_path), max_epoch=2,
+                        criterion=["--criterion", "bso", "--bso-beam-size", "3", "--bso-curriculum-start", "2",
+                                   "--bso-curriculum-epochs", "1", "--bso-curriculum-reset-optimizer"],
+                        extra=["--optimizer", optimizer, "--batch-size", "64", *MIXED[mode]]).stdout
+    assert "K grew to 3, optimizer state reset" in out, out[-2000:]
+    state = torch.load(os.path.join(str(tmp_path), "checkpoint_last.pt"), map_location="cpu", weights_only=False)
+    assert state["optimizer_history"][-1]["num_updates"] == 8, state["optimizer_history"][-1]
+    steps = [float(s["step"]) for s in state["last_optimizer_state"]["state"].values()]
+    assert steps and all(step == 4 for step in steps), f"{mode} {optimizer}: optimizer steps per parameter {steps}"
+
+
 #: Arithmetic of the unit test below: (parameter dtype, autocast dtype or None, the unit roundoff's eps).
 #: ``float16`` is what --fp16 / --memory-efficient-fp16 run (the model cast to half); ``autocast_float16`` and
 #: ``autocast_bfloat16`` are CPU stand-ins for --amp on a GPU (float32 weights, matmuls autocast to 16 bits:
