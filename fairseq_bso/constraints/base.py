@@ -82,8 +82,25 @@ class Constraint:
         return None
 
 
+class SourceWordsConstraint(Constraint):
+    """What the built-in constraints share: they compare target tokens with source tokens, so the source and
+    the target must have one dictionary (checked here, with an error naming the constraint); ``eos``, ``pad``
+    and ``vocab`` (the target vocabulary size) are set; the state is a tuple of per-row tensors."""
+
+    def __init__(self, src_dict, tgt_dict):
+        super().__init__(src_dict, tgt_dict)
+        if src_dict is not None and list(src_dict.symbols) != list(tgt_dict.symbols):
+            raise ValueError(f"--constraint {self.name} needs one dictionary for source and target "
+                             "(fairseq-preprocess --joined-dictionary)")
+        self.eos, self.pad = tgt_dict.eos(), tgt_dict.pad()
+        self.vocab = len(tgt_dict)
+
+    def reorder(self, state, order: Tensor):
+        return tuple(x.index_select(0, order) for x in state)
+
+
 @register_constraint("word_order")
-class WordOrderConstraint(Constraint):
+class WordOrderConstraint(SourceWordsConstraint):
     """The output is a permutation of the source words: a token is allowed while an
     unused source position holds it; ``</s>`` only when every position is used.
     Needs a joined dictionary.
@@ -94,14 +111,6 @@ class WordOrderConstraint(Constraint):
     """
 
     max_len_a_b = (1, 0)  # n words + </s> = the source length
-
-    def __init__(self, src_dict, tgt_dict):
-        super().__init__(src_dict, tgt_dict)
-        if src_dict is not None and list(src_dict.symbols) != list(tgt_dict.symbols):
-            raise ValueError("--constraint word_order needs one dictionary for source and target "
-                             "(fairseq-preprocess --joined-dictionary)")
-        self.eos, self.pad = tgt_dict.eos(), tgt_dict.pad()
-        self.vocab = len(tgt_dict)
 
     def initial_state(self, src_tokens: Tensor, beam: int):
         words = src_tokens.masked_fill(src_tokens.eq(self.eos), self.pad)
@@ -131,9 +140,6 @@ class WordOrderConstraint(Constraint):
         used = used.scatter(1, first, match.gather(1, first) | used.gather(1, first))
         return words, used
 
-    def reorder(self, state, order: Tensor):
-        return tuple(x.index_select(0, order) for x in state)
-
     def check(self, src: Tensor, tgt: Tensor) -> Optional[str]:
         words = lambda t: sorted(x for x in t.tolist() if x not in (self.eos, self.pad))  # noqa: E731
         if words(src) != words(tgt) or tgt[-1].item() != self.eos or (tgt[:-1] == self.eos).any():
@@ -142,7 +148,7 @@ class WordOrderConstraint(Constraint):
 
 
 @register_constraint("arc_standard")
-class ArcStandardConstraint(Constraint):
+class ArcStandardConstraint(SourceWordsConstraint):
     """Arc-standard transition sequences (see :mod:`fairseq_bso.constraints.parsing`): a shift must emit
     the next source word; a reduce (``@L_*``/``@R_*``) needs two items on the stack;
     ``</s>`` only after all n words are shifted and one item is left: 2n − 1 actions.
@@ -154,11 +160,6 @@ class ArcStandardConstraint(Constraint):
 
     def __init__(self, src_dict, tgt_dict):
         super().__init__(src_dict, tgt_dict)
-        if src_dict is not None and list(src_dict.symbols) != list(tgt_dict.symbols):
-            raise ValueError("--constraint arc_standard needs one dictionary for source and target "
-                             "(fairseq-preprocess --joined-dictionary)")
-        self.eos, self.pad = tgt_dict.eos(), tgt_dict.pad()
-        self.vocab = len(tgt_dict)
         self.reduce = torch.tensor([s.startswith("@L_") or s.startswith("@R_") for s in tgt_dict.symbols])
         if not self.reduce.any():
             raise ValueError("--constraint arc_standard: the dictionary has no @L_/@R_ reduce actions")
@@ -192,6 +193,3 @@ class ArcStandardConstraint(Constraint):
         shift = ~reduce & tokens.ne(self.eos)
         # clamped: a dead beam row (−inf score) may carry any token
         return words, n, torch.minimum(pos + shift.long(), n), (stack + shift.long() - reduce.long()).clamp(min=0)
-
-    def reorder(self, state, order: Tensor):
-        return tuple(x.index_select(0, order) for x in state)
