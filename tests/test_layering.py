@@ -211,5 +211,5 @@ def test_the_check_finds_upward_imports_and_cycles(tmp_path, source, expected):
 def test_the_check_names_a_module_without_a_layer(tmp_path):
     _write(str(tmp_path), {"pkg/__init__.py": "", "pkg/new.py": "X = 1\n"})
     problems = layer_violations(str(tmp_path), "pkg", {"pkg": 3})
-    assert problems == [f"pkg/new.py: module pkg.new has no layer: add it to LAYERS in "
-                        f"tests/test_layering.py"], problems
+    assert problems == ["pkg/new.py: module pkg.new has no layer: add it to LAYERS in "
+                        "tests/test_layering.py"], problems
