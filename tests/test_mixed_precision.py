@@ -147,6 +147,28 @@ def test_bso_curriculum_reset_reaches_the_optimizer_inside_the_mixed_precision_w
     assert steps and all(step == 4 for step in steps), f"{mode} {optimizer}: optimizer steps per parameter {steps}"
 
 
+@pytest.mark.xfail(strict=True, reason="fairseq_bso/bso/optim.py groups parameters by finding the model that owns "
+                   "them; under --fp16 it is given FP16Optimizer's float32 master copies, which no model owns "
+                   "('do not all belong to one fairseq model'). Fix: map the copies to the half model's parameters "
+                   "by position (_half_model_copied, the diff in the helper's report of issue 26.4)")
+def test_bso_adagrad_keeps_its_layer_rates_under_fp16(word_order_bin, tmp_path):
+    """The authors' optimizer (--optimizer bso_adagrad --bso-layer-lrs 0.02,0.02,0.2) under --fp16
+    --fp16-no-flatten-grads: the float32 master copies are grouped into the three layers of the half model, the
+    output layer at 0.2 (--memory-efficient-fp16 refuses it in fairseq: "Unsupported optimizer: BSOAdagrad"; --amp
+    hands it the model's own parameters)."""
+    out = harness.train(word_order_bin, str(tmp_path), criterion=["--criterion", "bso", "--bso-beam-size", "3"],
+                        extra=["--optimizer", "bso_adagrad", "--bso-layer-lrs", "0.02,0.02,0.2", "--batch-size", "64",
+                               *MIXED["fp16"]]).stdout
+    layers = re.search(r"bso_adagrad: encoder lr 0.02 \((\d+) parameters\), decoder lr 0.02 \((\d+) parameters\), "
+                       r"output lr 0.2 \((\d+) parameters\)", out)
+    assert layers, out[-2000:]
+    state = torch.load(os.path.join(str(tmp_path), "checkpoint_last.pt"), map_location="cpu", weights_only=False)
+    fc_out = sum(v.numel() for k, v in state["model"].items() if k.startswith("decoder.fc_out."))
+    total = sum(v.numel() for v in state["model"].values())
+    assert int(layers.group(3)) == fc_out and sum(map(int, layers.groups())) == total, (layers.groups(), fc_out, total)
+    assert math.isfinite(train_log_loss(out)), out[-2000:]
+
+
 #: Arithmetic of the unit test below: (parameter dtype, autocast dtype or None, the unit roundoff's eps).
 #: ``float16`` is what --fp16 / --memory-efficient-fp16 run (the model cast to half); ``autocast_float16`` and
 #: ``autocast_bfloat16`` are CPU stand-ins for --amp on a GPU (float32 weights, matmuls autocast to 16 bits:
