@@ -2,12 +2,13 @@
 constrained beam training, sequence-level knowledge distillation and magnitude
 pruning (Wiseman and Rush 2016; Kim and Rush 2016; See et al. 2016).
 
-The package is laid out by method, in layers (a module imports only from its own
-layer or the ones below):
+The package is laid out by method; the import layers (foundations, method machinery, fairseq
+components, entry points) are listed and checked in ``tests/test_layering.py``:
 
 * ``fairseq_fixes/`` — patches to fairseq itself, applied on import (see its ``__init__``);
-  ``fault_points`` — named no-op points the test suite arms to inject faults;
-  ``prep``, ``evaluation``, ``path`` — data pipelines, BLEU on generate logs, the plugin's folder.
+  ``fault_points`` — named no-op points the test suite arms to inject faults; ``safe_io`` — the
+  writer rule and atomic writes; ``path`` — the plugin's folder.
+* ``prep``, ``evaluation`` — data pipelines, BLEU on generate logs.
 * ``bso/`` — the BSO search (Algorithm 1), costs, the ``bso`` criterion, BSO decoding.
 * ``constraints/`` — constraints (``fairseq_bso.constraints`` is the import path for your own),
   arc-standard parsing, the ``constrained_beam_training`` task.

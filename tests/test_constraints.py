@@ -205,3 +205,19 @@ def test_user_constraint_from_own_user_dir(word_order_bin, nll_checkpoint):
     for hyp in hyps:
         words = hyp.split()
         assert all(a != b for a, b in zip(words, words[1:])), hyp
+
+
+@pytest.mark.parametrize("name", ["word_order", "arc_standard"])
+def test_builtin_constraints_refuse_two_dictionaries(name):
+    """The built-in constraints compare target tokens with source tokens: a source and a target
+    dictionary that differ are refused naming the constraint and the fix; one dictionary is taken."""
+    from fairseq.data import Dictionary
+    src, tgt = Dictionary(), Dictionary()
+    for w in "a b @L_nsubj @R_dobj".split():  # words, and arc_standard's reduce actions
+        src.add_symbol(w)
+        tgt.add_symbol(w)
+    assert build_constraint(name, src, tgt) is not None
+    tgt.add_symbol("d")
+    with pytest.raises(ValueError, match=rf"--constraint {name} needs one dictionary for source and target "
+                                         r"\(fairseq-preprocess --joined-dictionary\)"):
+        build_constraint(name, src, tgt)
