@@ -354,7 +354,7 @@ def memory_row(memory, m):
 
 def memory_only(args, data, started):
     """Redo the memory figures of an existing results file (the timing stays as it was measured)."""
-    from common import RESULTS
+    from benchmarks.common import RESULTS
 
     path = os.path.join(RESULTS, "bso_speed.json")
     with open(path) as f:

@@ -276,8 +276,9 @@ def valid_batches(ckpt: str, bin_dir: str, n: int, **iterator_args):
     return task, models[0], [s for _, s in zip(range(n), itr)]
 
 
-def write_results(name: str, results: dict, started: float, settings=None, seeds=(1,)) -> str:
-    """Write benchmarks/results/NAME.json with the settings, seeds, command, commit and wall time."""
+def write_results(name: str, results: dict, started: float, settings=None, seeds=(1,), folder=None) -> str:
+    """Write benchmarks/results/NAME.json (``folder``/NAME.json) with the settings, seeds, command, commit and
+    wall time."""
     results = dict(results)
     if settings is not None:
         results["settings"] = vars(settings) if hasattr(settings, "__dict__") else settings
@@ -285,7 +286,7 @@ def write_results(name: str, results: dict, started: float, settings=None, seeds
     results["command"] = command_line()
     results["git_commit"] = git_commit()
     results["wall_seconds"] = round(time.time() - started, 1)
-    path = write_file(os.path.join(RESULTS, f"{name}.json"), results)
+    path = write_file(os.path.join(folder or RESULTS, f"{name}.json"), results)
     print(f"wrote {path}")
     return path
 

@@ -65,7 +65,6 @@ from benchmarks import common, deen  # noqa: E402
 from benchmarks.common import WORK, git_commit, log_curve  # noqa: E402
 from benchmarks.deen import corpus_bleu, demo, generation_speed, parse_hypotheses, user_dir  # noqa: E402
 
-HERE = os.path.dirname(os.path.abspath(__file__))
 SEED = 1
 
 
@@ -218,14 +217,10 @@ def train(ctx, name, bin_dir, model, crit, epochs, lr, max_tokens, extra=()):
            "--warmup-updates", str(min(ctx.args.warmup, max(total // 4, 1))), "--total-num-update", str(total),
            "--end-learning-rate", "0", "--max-tokens", str(max_tokens), "--max-epoch", str(epochs),
            "--save-dir", save, "--no-epoch-checkpoints",
-           "--eval-bleu", "--eval-bleu-remove-bpe", "sentencepiece",
-           "--eval-bleu-args", json.dumps({"beam": 1, "max_len_a": 1.5, "max_len_b": 10}),
-           "--best-checkpoint-metric", "bleu", "--maximize-best-checkpoint-metric",
-           "--log-format", "json", "--log-interval", "50", "--no-progress-bar"]
+           *deen.valid_bleu(1), "--log-format", "json", "--log-interval", "50", "--no-progress-bar"]
     demo.run(cmd, save + f".{int(time.time())}.log", demo.train_progress)
-    with open(os.path.join(save, "settings.json"), "w") as f:
-        json.dump({"epochs": epochs, "lr": lr, "total_updates": total, "max_tokens": max_tokens, "command": cmd},
-                  f, indent=1)
+    common.write_file(os.path.join(save, "settings.json"), json.dumps(
+        {"epochs": epochs, "lr": lr, "total_updates": total, "max_tokens": max_tokens, "command": cmd}, indent=1))
     return ctx.ckpt(name)
 
 
@@ -308,8 +303,7 @@ def corpora(ctx):
              "seq_inter_differs_from_top1": sum(k > 0 for k in ranks),
              "seq_inter_mean_rank": round(sum(ranks) / len(ranks), 3),
              "seq_inter_rank_histogram": {str(k): ranks.count(k) for k in sorted(set(ranks))}}
-    with open(ctx.path("corpora.json"), "w") as f:
-        json.dump(stats, f, indent=1)
+    common.write_file(ctx.path("corpora.json"), json.dumps(stats, indent=1))
 
 
 def dense_dim(ctx, percent):
@@ -326,11 +320,7 @@ def evaluate(ctx, name, ckpt):
     """Test BLEU greedy and beam 5 (detokenized sacrebleu), p(w*), parameter counts; DIR/eval/NAME.json."""
     row = {}
     for beam in (1, 5):
-        log = ctx.path("eval", f"{name}.beam{beam}.log")
-        out = demo.run(["fairseq-generate", ctx.bin, "--user-dir", user_dir(), "--path", ckpt, *deen.COMMON,
-                        *deen.NO_LIMITS, "--gen-subset", "test", "--beam", str(beam), "--nbest", "1",
-                        "--max-tokens", "6000", "--max-len-a", "1.5", "--max-len-b", "10",
-                        "--post-process", "sentencepiece"], log)
+        out = deen.generate(ctx.bin, ckpt, beam, name, log=ctx.path("eval", f"{name}.beam{beam}.log"))
         hyps = parse_hypotheses(out, len(ctx.refs), detok=True)
         row["bleu_greedy" if beam == 1 else "bleu_beam5"] = round(corpus_bleu(hyps, ctx.refs, tokenized=False), 2)
         if beam == 1:
@@ -379,8 +369,7 @@ def stages(ctx):
     for row, percent in DENSE_ROWS.items():
         def dense(row=row, percent=percent):
             dim, target = dense_dim(ctx, percent)
-            with open(ctx.path(dense_name(row) + ".width.json"), "w") as f:
-                json.dump({"dim": dim, "target_nonzero": target}, f)
+            common.write_file(ctx.path(dense_name(row) + ".width.json"), json.dumps({"dim": dim, "target_nonzero": target}))
             return train(ctx, dense_name(row), kd_bin, arch(dim, 1, 0.1), nll, a.student_epochs, a.lr, smt)
         out.append((dense_name(row), ["corpora"], dense))
     for row in ["class-blind:0", "class-blind:80", "class-uniform:80", "class-blind:50", "class-distribution:80",
@@ -409,8 +398,8 @@ def run_chain(ctx, on_progress):
         started = time.time()
         try:
             fn()
-            with open(marker(name), "w") as f:
-                json.dump({"wall_seconds": round(time.time() - started, 1), "finished": time.strftime("%H:%M:%S")}, f)
+            common.write_file(marker(name), json.dumps({"wall_seconds": round(time.time() - started, 1),
+                                                        "finished": time.strftime("%H:%M:%S")}))
             ok = True
         except BaseException as e:  # noqa: B902  (SystemExit of demo.run included)
             demo.log(f"stage {name} FAILED: {e!r}\n{traceback.format_exc()}")
@@ -529,9 +518,9 @@ def speed(ctx, paused=()):
     quiet, note = wait_quiet(a)
     started = time.time()
     tp = throughput(ctx, 1 if a.smoke else 3)
-    with open(ctx.path("speed", "throughput.json"), "w") as f:
-        json.dump({**tp, "quiet": quiet, "conditions": note}, f, indent=1)
-    cmd = [sys.executable, os.path.join(HERE, "decode_speed.py"), f"teacher={ctx.ckpt('teacher')}",
+    common.write_file(ctx.path("speed", "throughput.json"), json.dumps({**tp, "quiet": quiet, "conditions": note},
+                                                                        indent=1))
+    cmd = [sys.executable, "-m", "benchmarks.decode_speed", f"teacher={ctx.ckpt('teacher')}",
            f"student={ctx.ckpt('student')}", f"seq_kd={ctx.ckpt('seq_kd')}", "--lean-greedy",
            "--rounds", "1" if a.smoke else "3", "--sentences", "10" if a.smoke else "150",
            "--batched-sentences", "60" if a.smoke else "1255", "--out", ctx.path("speed", "decode_speed.json")]
@@ -540,8 +529,8 @@ def speed(ctx, paused=()):
     demo.run(cmd, ctx.path("speed", "decode_speed.log"), lambda line: "round" in line)
     if paused:
         note += f"; this chain's running jobs {list(paused)} were paused (SIGSTOP) during the measurement"
-    with open(marker, "w") as f:
-        json.dump({"quiet": quiet, "conditions": note, "wall_seconds": round(time.time() - started, 1)}, f)
+    common.write_file(marker, json.dumps({"quiet": quiet, "conditions": note,
+                                          "wall_seconds": round(time.time() - started, 1)}))
 
 
 # --------------------------------------------------------------------------------------------------- report

@@ -30,7 +30,7 @@ import statistics
 import time
 
 from benchmarks import deen
-from benchmarks.common import write_results
+from benchmarks.common import RESULTS, write_results
 
 
 def load(ckpt, bin_dir):
@@ -143,12 +143,11 @@ def main():
     results["conditions"] = ("one thread (torch.set_num_threads(1)), paired rounds in one process, median of "
                              "per-round ratios; " + ("quiet machine: nothing else ran" if args.quiet_machine
                                                     else "machine load not asserted"))
-    if args.out:  # e.g. benchmarks/compression.py's work folder
-        import common
-
-        common.RESULTS = os.path.dirname(os.path.abspath(args.out))
+    folder = RESULTS
+    if args.out:  # e.g. compression.py's work folder
+        folder = os.path.dirname(os.path.abspath(args.out))
         args.name = os.path.basename(args.out)[:-len(".json")] if args.out.endswith(".json") else args.name
-    write_results(args.name, results, started, settings=args)
+    write_results(args.name, results, started, settings=args, folder=folder)
 
 
 if __name__ == "__main__":

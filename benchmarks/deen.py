@@ -13,7 +13,7 @@ import time
 os.environ.setdefault("OMP_NUM_THREADS", "1")  # one thread per process: speeds are per thread, and two
 os.environ.setdefault("MKL_NUM_THREADS", "1")  # benchmark streams can share the 2 cores without thrashing
 
-from benchmarks.common import WORK, deen_bin, demo, log_curve  # noqa: E402  (demo: run/log with progress output)
+from benchmarks.common import WORK, deen_bin, demo, log_curve, write_file  # noqa: E402  (demo: run/log with progress output)
 from fairseq_bso.evaluation import corpus_bleu, generation_speed, parse_hypotheses  # noqa: E402
 from fairseq_bso.path import user_dir  # noqa: E402
 
@@ -76,22 +76,17 @@ def train(name, bin_dir, epochs, model, args, max_tokens=4000, valid_beam=None, 
         # early-stopping counter restarts in a new process, so resuming would train it longer than a run
         # that was never interrupted
         demo.log(f"{name}: no valid BLEU gain in the {patience} epochs after epoch {first_best}: done")
-        with open(done, "w") as f:
-            f.write(json.dumps({**settings, "stopped": "patience (found on resume)"}) + "\n")
+        write_file(done, json.dumps({**settings, "stopped": "patience (found on resume)"}) + "\n")
         return ckpt
     converge = [] if valid_beam is None else [
-        "--eval-bleu", "--eval-bleu-remove-bpe", "sentencepiece",
-        "--eval-bleu-args", json.dumps({"beam": valid_beam, "max_len_a": 1.5, "max_len_b": 10}),
-        "--best-checkpoint-metric", "bleu", "--maximize-best-checkpoint-metric",
-        *([] if patience is None else ["--patience", str(patience)])]
+        *valid_bleu(valid_beam), *([] if patience is None else ["--patience", str(patience)])]
     log_args = ["--log-format", "json", "--log-interval", "100", "--no-progress-bar"]
     started = time.time()
     demo.run(["fairseq-train", bin_dir, "--user-dir", user_dir(), *model, *COMMON, *LIMITS, *args,
               "--optimizer", "adam", "--clip-norm", "5", "--max-tokens", str(max_tokens),
               "--max-epoch", str(epochs), "--save-dir", save_dir, "--no-epoch-checkpoints", *converge, *log_args],
              save_dir + f".{int(started)}.log", demo.train_progress)
-    with open(done, "w") as f:
-        f.write(json.dumps({**settings, "wall_seconds_last_invocation": round(time.time() - started, 1)}) + "\n")
+    write_file(done, json.dumps({**settings, "wall_seconds_last_invocation": round(time.time() - started, 1)}) + "\n")
     return ckpt
 
 
@@ -134,10 +129,20 @@ def teacher(bin_dir, epochs=40, patience=3):
                  valid_beam=5, patience=patience)
 
 
-def generate(bin_dir, ckpt, beam, log_name, extra=(), subset="test", batch=("--max-tokens", "6000"), cache=False):
-    """fairseq-generate's output; with ``cache``, an earlier complete log of the same command (kept beside it
-    as ``.cmd``) written after the checkpoint is reused."""
-    log = os.path.join(DIR, f"gen.{log_name}.beam{beam}.log")
+def valid_bleu(beam):
+    """fairseq-train's options for validation BLEU after every epoch (detokenized sacrebleu, the model decoded with
+    ``beam`` and the test length limits) and the best checkpoint by it."""
+    return ["--eval-bleu", "--eval-bleu-remove-bpe", "sentencepiece",
+            "--eval-bleu-args", json.dumps({"beam": beam, "max_len_a": 1.5, "max_len_b": 10}),
+            "--best-checkpoint-metric", "bleu", "--maximize-best-checkpoint-metric"]
+
+
+def generate(bin_dir, ckpt, beam, log_name, extra=(), subset="test", batch=("--max-tokens", "6000"), cache=False,
+             log=None):
+    """fairseq-generate's output (its log ``log``, by default DIR/gen.LOG_NAME.beamBEAM.log, and the command beside
+    it as ``.cmd``); with ``cache``, an earlier complete log of the same command written after the checkpoint is
+    reused."""
+    log = log or os.path.join(DIR, f"gen.{log_name}.beam{beam}.log")
     cmd = ["fairseq-generate", bin_dir, "--user-dir", user_dir(), "--path", ckpt, *COMMON, *NO_LIMITS,
            "--gen-subset", subset, "--beam", str(beam), "--nbest", "1", *batch,
            "--max-len-a", "1.5", "--max-len-b", "10", "--post-process", "sentencepiece", *extra]
@@ -150,8 +155,7 @@ def generate(bin_dir, ckpt, beam, log_name, extra=(), subset="test", batch=("--m
             demo.log(f"{log_name}: beam {beam}: reusing {log}")
             return text
     text = demo.run(cmd, log)
-    with open(log + ".cmd", "w", encoding="utf-8") as f:
-        json.dump(cmd, f)
+    write_file(log + ".cmd", json.dumps(cmd))
     return text
 
 
