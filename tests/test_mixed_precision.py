@@ -147,10 +147,6 @@ def test_bso_curriculum_reset_reaches_the_optimizer_inside_the_mixed_precision_w
     assert steps and all(step == 4 for step in steps), f"{mode} {optimizer}: optimizer steps per parameter {steps}"
 
 
-@pytest.mark.xfail(strict=True, reason="fairseq_bso/bso/optim.py groups parameters by finding the model that owns "
-                   "them; under --fp16 it is given FP16Optimizer's float32 master copies, which no model owns "
-                   "('do not all belong to one fairseq model'). Fix: map the copies to the half model's parameters "
-                   "by position (_half_model_copied, the diff in the helper's report of issue 26.4)")
 def test_bso_adagrad_keeps_its_layer_rates_under_fp16(word_order_bin, tmp_path):
     """The authors' optimizer (--optimizer bso_adagrad --bso-layer-lrs 0.02,0.02,0.2) under --fp16
     --fp16-no-flatten-grads: the float32 master copies are grouped into the three layers of the half model, the

@@ -124,11 +124,45 @@ def _owning_model(params):
     return min(found)[2]
 
 
+def _half_model_copied(params):
+    """The trainable parameters of the one live float16/bfloat16 fairseq model whose trainable parameters have the
+    shapes of ``params``, in order (``params`` are then the float32 master copies fairseq's ``FP16Optimizer``
+    builds one per parameter under ``--fp16-no-flatten-grads``), tagged by :func:`tag_layers`; else None.
+    A single flat float32 vector as long as such a model (``--fp16``'s flat master copy) is refused."""
+    from fairseq.models import BaseFairseqModel
+
+    shapes = [tuple(p.shape) for p in params]
+    numel = sum(p.numel() for p in params)
+    found, flat = {}, False
+    for obj in gc.get_objects():
+        if isinstance(obj, BaseFairseqModel):
+            trainable = [p for p in obj.parameters() if p.requires_grad]
+            if not trainable or any(p.dtype not in (torch.float16, torch.bfloat16) for p in trainable):
+                continue
+            if [tuple(p.shape) for p in trainable] == shapes:
+                found[id(obj)] = (obj, trainable)
+            elif len(params) == 1 and params[0].dim() == 1 and sum(p.numel() for p in trainable) == numel:
+                flat = True
+    if flat and not found:
+        raise ValueError("--optimizer bso_adagrad needs one float32 master copy per parameter under --fp16: add "
+                         "--fp16-no-flatten-grads (the flat copy has no layers)")
+    if len(found) != 1:
+        return None
+    model, trainable = next(iter(found.values()))
+    tag_layers(model)
+    return trainable
+
+
 def group_parameters(params, rates: Dict[str, float]) -> List[dict]:
     """torch parameter groups, one per layer, each with its ``lr`` and ``layer`` name (empty layers left out)."""
     params = list(params)
     if any(not hasattr(p, "bso_layer") for p in params):
-        tag_layers(_owning_model(params))
+        copied = _half_model_copied(params)
+        if copied is not None:  # FP16Optimizer's float32 master copies take the layers of the half parameters
+            for p, half in zip(params, copied):
+                p.bso_layer = half.bso_layer
+        else:
+            tag_layers(_owning_model(params))
     groups = [{"params": [p for p in params if p.bso_layer == layer], "lr": rates[layer], "layer": layer}
               for layer in LAYERS]
     return [g for g in groups if g["params"]]

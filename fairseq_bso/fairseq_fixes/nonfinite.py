@@ -35,7 +35,8 @@ def guard(loss: torch.Tensor, sample_size, logging_output: dict, model, sample):
         logger.warning(f"non-finite training loss ({loss.item()}) on a batch of {sample['target'].size(0)} sentences "
                        f"(ids {ids[:8].tolist() if ids is not None else '?'}): batch skipped"
                        + ("; further ones are only counted (nonfinite_skipped)" if _warned == WARNINGS else ""))
-    zero = sum(p.sum() for p in model.parameters() if p.requires_grad) * 0.0
+    # summed in at least float32: a half model's sum could overflow and log a NaN loss
+    zero = sum(p.sum(dtype=torch.promote_types(p.dtype, torch.float32)) for p in model.parameters() if p.requires_grad) * 0.0
     skipped = {key: 0 for key in logging_output}
     skipped.update(loss=zero.detach(), **{KEY: 1})
     return zero, 0, skipped
