@@ -51,7 +51,6 @@ import os
 import re
 import shutil
 import signal
-import statistics
 import subprocess
 import sys
 import threading
@@ -63,7 +62,7 @@ os.environ.setdefault("MKL_NUM_THREADS", "1")
 
 from benchmarks import common, deen  # noqa: E402
 from benchmarks.common import WORK, git_commit, log_curve  # noqa: E402
-from benchmarks.deen import corpus_bleu, demo, generation_speed, parse_hypotheses, user_dir  # noqa: E402
+from benchmarks.deen import corpus_bleu, demo, parse_hypotheses, user_dir  # noqa: E402
 
 SEED = 1
 
@@ -487,23 +486,7 @@ def wait_quiet(args):
 
 def throughput(ctx, repeats):
     """seq_kd vs plain fairseq-generate, teacher, beam 5, valid set, same batches: median of paired ratios."""
-    base = ["fairseq-generate", ctx.bin, "--user-dir", user_dir(), "--path", ctx.ckpt("teacher"), *deen.COMMON,
-            *deen.NO_LIMITS, "--gen-subset", "valid", "--beam", "5", "--max-tokens", "6000", "--max-len-a", "1.5",
-            "--max-len-b", "10"]
-    plain, kd = [], []
-    for r in range(repeats):
-        out = demo.run(base, ctx.path("speed", f"throughput.plain{r}.log"))
-        s = generation_speed(out)
-        plain.append(s["sentences"] / s["seconds"])
-        kd_dir = ctx.path("speed", f"throughput.kd{r}")
-        shutil.rmtree(kd_dir, ignore_errors=True)
-        out = demo.run([*base, "--task", "seq_kd", "--kd-output-dir", kd_dir], kd_dir + ".log")
-        s = generation_speed(out)
-        kd.append(s["sentences"] / s["seconds"])
-    ratios = [k / p for k, p in zip(kd, plain)]
-    return {"plain_sentences_per_s": round(statistics.median(plain), 1),
-            "seq_kd_sentences_per_s": round(statistics.median(kd), 1),
-            "ratio_median": round(statistics.median(ratios), 3), "ratios": [round(x, 3) for x in ratios],
+    return {**deen.seq_kd_throughput(ctx.bin, ctx.ckpt("teacher"), repeats, ctx.path("speed")),
             "what": "fairseq-generate --task seq_kd (writing the corpus) vs plain fairseq-generate, teacher beam 5, "
                     "valid set, same batches, alternating runs, median of per-pair ratios of sentences/s"}
 

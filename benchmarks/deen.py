@@ -8,6 +8,8 @@ Every model is trained once into runs/benchmarks/deen/<name> and reused; a finis
 import json
 import os
 import re
+import shutil
+import statistics
 import time
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")  # one thread per process: speeds are per thread, and two
@@ -169,6 +171,26 @@ def bleu(bin_dir, ckpt, name, references, beams, extra=()):
         outputs[str(beam)] = out
         demo.log(f"{name}: beam {beam}: BLEU {scores[str(beam)]}")
     return scores, outputs
+
+
+def seq_kd_throughput(bin_dir, teacher, repeats, folder):
+    """Sentences/s of ``fairseq-generate --task seq_kd`` (writing the corpus) against plain fairseq-generate, the
+    teacher at beam 5 on the valid set with the same batches, ``repeats`` alternating pairs (logs in ``folder``):
+    the medians and the median of the per-pair ratios."""
+    base = ["fairseq-generate", bin_dir, "--user-dir", user_dir(), "--path", teacher, *COMMON, *NO_LIMITS,
+            "--gen-subset", "valid", "--beam", "5", "--max-tokens", "6000", "--max-len-a", "1.5", "--max-len-b", "10"]
+    plain, kd = [], []
+    for r in range(repeats):
+        s = generation_speed(demo.run(base, os.path.join(folder, f"throughput.plain{r}.log")))
+        plain.append(s["sentences"] / s["seconds"])
+        kd_dir = os.path.join(folder, f"throughput.kd{r}")
+        shutil.rmtree(kd_dir, ignore_errors=True)
+        s = generation_speed(demo.run([*base, "--task", "seq_kd", "--kd-output-dir", kd_dir], kd_dir + ".log"))
+        kd.append(s["sentences"] / s["seconds"])
+    ratios = [k / p for k, p in zip(kd, plain)]
+    return {"plain_sentences_per_s": round(statistics.median(plain), 1),
+            "seq_kd_sentences_per_s": round(statistics.median(kd), 1),
+            "ratio_median": round(statistics.median(ratios), 3), "ratios": [round(x, 3) for x in ratios]}
 
 
 def greedy_mass(output: str) -> float:

@@ -13,13 +13,11 @@ median ratio).  Each stage resumes; rerun the same command after an interruption
 
 import argparse
 import os
-import shutil
-import statistics
 import time
 
 from benchmarks import deen
 from benchmarks.common import write_results
-from benchmarks.deen import demo, generation_speed, user_dir
+from benchmarks.deen import demo, user_dir
 
 
 def corpus(bin_dir, teacher, name, extra):
@@ -36,24 +34,6 @@ def corpus(bin_dir, teacher, name, extra):
                   "--srcdict", f"{bin_dir}/dict.de.txt", "--tgtdict", f"{bin_dir}/dict.en.txt",
                   "--destdir", f"{out}/bin", "--workers", "2"], out + ".preprocess.log")
     return os.path.join(out, "bin")
-
-
-def seq_kd_throughput(bin_dir, teacher, repeats):
-    """seq_kd vs plain fairseq-generate on the valid set, beam 5, same batches: median of paired ratios."""
-    base = ["fairseq-generate", bin_dir, "--user-dir", user_dir(), "--path", teacher, *deen.COMMON, *deen.NO_LIMITS,
-            "--gen-subset", "valid", "--beam", "5", "--max-tokens", "6000", "--max-len-a", "1.5", "--max-len-b", "10"]
-    plain, kd = [], []
-    for r in range(repeats):
-        out = demo.run(base, os.path.join(deen.DIR, f"throughput.plain{r}.log"))
-        plain.append(generation_speed(out)["sentences"] / generation_speed(out)["seconds"])
-        kd_dir = os.path.join(deen.DIR, f"throughput.kd{r}")
-        shutil.rmtree(kd_dir, ignore_errors=True)
-        out = demo.run([*base, "--task", "seq_kd", "--kd-output-dir", kd_dir], kd_dir + ".log")
-        kd.append(generation_speed(out)["sentences"] / generation_speed(out)["seconds"])
-    ratios = [k / p for k, p in zip(kd, plain)]
-    return {"plain_sentences_per_s": round(statistics.median(plain), 1),
-            "seq_kd_sentences_per_s": round(statistics.median(kd), 1),
-            "ratio_median": round(statistics.median(ratios), 3), "ratios": [round(x, 3) for x in ratios]}
 
 
 STUDENTS = ("student", "word_kd", "seq_kd", "seq_inter", "seq_kd_small")
@@ -153,7 +133,7 @@ def main():
     results["missing"] = missing
     results["speed"] = "benchmarks/results/decode_speed.json (benchmarks/decode_speed.py, paired, quiet machine)"
     if args.throughput:
-        throughput = seq_kd_throughput(bin_dir, ckpts["teacher"], args.repeats)
+        throughput = deen.seq_kd_throughput(bin_dir, ckpts["teacher"], args.repeats, deen.DIR)
         results["generation_throughput_ratio"] = throughput["ratio_median"]
         results["generation_throughput"] = throughput
     print(results)
