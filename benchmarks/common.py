@@ -1,5 +1,6 @@
-"""The benchmarks' harness: the one module that runs fairseq (through the demo's runner), scores, bootstraps,
-parses learning curves and writes results; the protocol scripts declare their rows and stages and call these.
+"""The benchmarks' harness: the module that runs fairseq (through the demo's runner), scores, bootstraps, parses
+learning curves and writes results; the protocol scripts declare their rows and stages and call these.  The
+de→en models, data and their train/generate/BLEU wrappers are ``benchmarks/deen.py``, built on these.
 
 The benchmarks are a package run from the repository root as ``python3 -m benchmarks.<name>``: nothing here or in
 the scripts edits ``sys.path``.  The word-ordering demo (``examples/word_ordering/demo.py``, a script that must run
@@ -138,7 +139,7 @@ def word_order_test_bleu(bin_dir: str, ckpt: str, decoding, beams, log_path, ref
     (``--task constrained_beam_training``, ``decoding``, batch 100 sentences, output length at most source + 5),
     its output in ``log_path(beam)``, scored by tokenized sacrebleu against ``references``.  With ``reuse``, a
     log already there is read back instead of decoding again (such logs are written atomically, so one that
-    exists is whole).  Returns ({"beam": BLEU rounded to 2 places}, {"beam": hypotheses in input order})."""
+    exists is whole; a failed decode prints its last lines and keeps no partial log).  Returns ({"beam": BLEU rounded to 2 places}, {"beam": hypotheses in input order})."""
     from fairseq_bso.evaluation import corpus_bleu, parse_hypotheses
 
     demo = _demo()
