@@ -8,12 +8,12 @@ python3 -m benchmarks.bso_speed --profile       # alone: speed figures need a qu
 python3 -m benchmarks.bso_speed --model demo    # alone: the demo model's BSO cost and the word_order constraint's
 python3 -m benchmarks.bso_recipe
 python3 -m benchmarks.demo_recipes              # README command 1's demo over seeds and BSO recipes
-python3 -m benchmarks.distillation      # trains the teacher shared with translation.py and pruning.py
-# decoding speed of the students against the teacher's beam 5 (alone: a quiet machine), batch 1 and batched
-M="$(python3 -c 'from benchmarks import deen; print(deen.DIR)')"
-MODELS="teacher=$M/teacher/checkpoint_best.pt student=$M/student/checkpoint_best.pt seq_kd=$M/student_seq_kd/checkpoint_best.pt seq_kd_small=$M/student_seq_kd_small/checkpoint_best.pt"
-python3 -m benchmarks.decode_speed $MODELS --rounds 3 --batched-sentences 400 --lean-greedy --quiet-machine
-python3 -m benchmarks.decode_speed $MODELS --rounds 3 --sentences 30 --batched-sentences 1255 --lean-greedy --quiet-machine --name decode_speed_full
-python3 -m benchmarks.translation
-python3 -m benchmarks.pruning
+# the compression chain (teacher, students, Seq-KD/Seq-Inter corpora, pruning, decoding speed last):
+# distillation.json, pruning.json, decode_speed.json
+python3 -m benchmarks.compression
+python3 -m benchmarks.translation      # trains the NLL teacher of deen.py first if missing
+python3 -m benchmarks.bso_authors --seeds 1 2 3 --bso-epochs 39
+python3 -m benchmarks.gpu_readiness
+python3 -m benchmarks.fp16_pruning
 python3 -m benchmarks.plots
+python3 -m benchmarks.report --write    # docs/results.md from the results files
