@@ -11,7 +11,11 @@ with their earlier keys (``greedy_mass_percent``, ``scheme``/``ratio_percent`` i
 with issue 28's (``p_wstar_percent``, ``dense:N`` pruning rows, ``generation_throughput_ratio``,
 ``suite_wall_seconds``). Each section states the file's own protocol fields (``settings``,
 ``conditions``, ``notes``, ``command``, code revision) and the talk's figure where the talk has one.
-The output depends only on the results files and on which plots exist, so ``--check`` is exact.
+The ``bso_authors.json`` section opens with a warning when its run was cut (``state`` not "finished", an epoch
+budget below the protocol's, or a ``budget.cut`` note). The only figures not read from a results
+file are the talk's (``TALK``) and the re-scoring memory of the route the packed pass replaced
+(``INCREMENTAL_RESCORE_MIB``, that script's earlier output). The output depends only on the results files and on
+which plots exist, so ``--check`` is exact.
 
 Standard library only: runs without fairseq or matplotlib.
 """
@@ -157,6 +161,11 @@ def describe(value):
 # (``training`` and ``retraining`` describe the protocol in the section's first paragraph instead)
 DESCRIPTIVE = ("state", "losses_against", "class_blind_vs_uniform", "corpora", "generation_throughput",
                "stage_wall_seconds")
+
+
+def count(n):
+    """An integer with thousands separators (– when missing)."""
+    return DASH if n is None else f"{n:,}" if isinstance(n, int) else str(n)
 
 
 def millions(n):
@@ -774,8 +783,207 @@ def glance_section(doc):
     doc.add("")
 
 
-SECTIONS = (glance_section, demo_section, word_ordering_section, recipe_section, translation_section, bso_speed_section,
-            distillation_section, decode_speed_section, pruning_section)
+def bso_authors_section(doc):
+    res = section(doc, "BSO at the authors' setting", "bso_authors")
+    if not res:
+        return
+    budget, s, nll = res.get("budget") or {}, res.get("settings") or {}, res.get("nll_start") or {}
+    rows = res.get("rows") or {}
+    seeds = [str(x) for x in res.get("seeds") or []]
+    state = res.get("state", DASH)
+    planned, cap = budget.get("authors_bso_epochs"), budget.get("bso_epochs_max")
+    patience = budget.get("patience")
+    cut = state != "finished" or (None not in (planned, cap) and cap < planned) or bool(budget.get("cut"))
+    nll_done = nll.get("best_epoch") is not None and not nll.get("unfinished")
+    nll_flat = (nll_done and patience is not None and nll.get("epochs") is not None
+                and nll["epochs"] - nll["best_epoch"] >= patience)
+    if cut:
+        parts = [f"Training seeds in the file: {', '.join(seeds) if seeds else 'none'} (the run's state: {state})"]
+        if None not in (planned, cap):
+            parts.append(f"every row trained at most {cap}" + (f" of the {planned} epochs the protocol plans (the "
+                                                               "authors' budget)" if cap < planned else " epochs"))
+        if nll_done and not nll_flat:
+            parts.append(f"the NLL start ran {nll.get('epochs', DASH)} epochs (best {nll['best_epoch']}) and was not "
+                         f"shown converged (its valid BLEU did not stay flat for {patience if patience else DASH} epochs)")
+        doc.add("> **The run was cut: these figures are a partial run, not the protocol's result.** "
+                + "; ".join(parts) + ". They say what this budget gave for these seeds; they do not answer the "
+                "question below.", "")
+    question = str(res.get("question", DASH))
+    doc.add(f"Question (the file's): {question}{'' if question.endswith(('?', '.')) else '.'} The protocol `benchmarks/bso_authors.py` declares "
+            f"for the full run: the demo's corpus and model ({count(s.get('train_sentences'))} training and "
+            f"{count(s.get('test_sentences'))} test sentences); an NLL start "
+            f"({s.get('nll') or 'until valid BLEU stops improving'}), whose best checkpoint starts every row of every "
+            "seed; per "
+            "training seed (1, 2 and 3 by default), two rows of up to "
+            f"{planned if planned is not None else DASH} epochs each (the authors' budget for word ordering), "
+            f"stopped when valid BLEU under the row's own decoding has not improved for {patience or DASH} epochs, "
+            "the best valid checkpoint tested: `seq2seq` (token NLL continued, Adam 5e-4, standard beam) and "
+            "`bso_authors` (the authors' `bso_train.lua` setting: raw-logit score, 0/1 Δ, dropout masks shared by the "
+            "search and the re-scoring, Adagrad with per-layer rates 0.02 / 0.02 / 0.2 reset whenever K grows, beam "
+            "curriculum K = 2 → 6 with 2 epochs per K; decoded as trained, with raw scores). Test BLEU (sacrebleu on "
+            "the tokenized text) at beams 1 / 5 / 10 under the row's own decoding, the same with "
+            "`--constraint word_order` at decoding, and for BSO under the standard beam; sacrebleu's paired bootstrap "
+            "of each seed's beam-5 output against seq2seq's; the answer is bso_authors − seq2seq at test beam 5, mean "
+            "and sd over seeds.", "")
+    doc.add("| row | seed | decoding | best epoch / epochs | valid | test 1 / 5 / 10 | with `--constraint word_order` "
+            "| standard beam |", "|---|---|---|---|---|---|---|---|")
+    if nll.get("test"):
+        doc.add(f"| NLL start | 1 | standard beam | {nll.get('best_epoch', DASH)} / {nll.get('epochs', DASH)} | "
+                f"{num(nll.get('best_valid_bleu'))} | {beams(nll.get('test'))} | {beams(nll.get('test_constrained'))} | "
+                f"{DASH} |")
+    still_rising = []
+    for name, row in rows.items():
+        for seed, r in sorted((row.get("seeds") or {}).items()):
+            if not isinstance(r, dict) or "test" not in r:
+                continue
+            doc.add(f"| {name} | {seed} | {decoding(r.get('decoding'))} | {r.get('best_epoch', DASH)} / "
+                    f"{r.get('epochs', DASH)} | {num(r.get('best_valid_bleu'))} | {beams(r['test'])} | "
+                    f"{beams(r.get('test_constrained'))} | {beams(r.get('test_standard_beam'))} |")
+            if r.get("best_epoch") is not None and r.get("best_epoch") == r.get("epochs") == cap:
+                still_rising.append(f"`{name}` (seed {seed})")
+    doc.add("")
+    facts = []
+    for seed, p in sorted((res.get("per_seed") or {}).items()):
+        for key, label in (("", "own decodings"), ("_constrained", "both with the constraint")):
+            gap = p.get(f"bso_minus_seq2seq_beam5{key}")
+            if gap is None:
+                continue
+            pv = ((p.get(f"paired_bootstrap_beam5{key}") or {}).get("bso_authors") or {}).get("p_value")
+            facts.append(f"seed {seed}, {label}: {gap:+.2f}" + ("" if pv is None else f" (p {pv:.3f})"))
+    if facts:
+        doc.add("bso_authors − seq2seq at test beam 5 (negative: continued NLL is ahead): " + "; ".join(facts) + ".", "")
+    for key, label in (("gap_beam5", "own decodings"), ("gap_beam5_constrained", "with the constraint")):
+        if len(res.get(key) or []) > 1:
+            doc.add(f"Over {len(res[key])} seeds, {label}: mean {res[f'{key}_mean']:+.2f}, sd {num(res.get(f'{key}_sd'))}"
+                    + (" (BSO ahead at every seed)" if res.get(f"{key}_every_seed_ahead") and key == "gap_beam5" else "")
+                    + ".", "")
+    for seed, r in sorted(((rows.get("bso_authors") or {}).get("seeds") or {}).items()):
+        own, std = (r.get("test") or {}).get("5"), (r.get("test_standard_beam") or {}).get("5")
+        base = ((((rows.get("seq2seq") or {}).get("seeds") or {}).get(seed) or {}).get("test") or {}).get("5")
+        if None not in (own, std):
+            doc.add(f"The same `bso_authors` checkpoint (seed {seed}) at test beam 5: {own:.2f} decoded as trained, "
+                    f"{std:.2f} under the standard beam"
+                    + (f" ({std - base:+.2f} against seq2seq's {base:.2f}; no bootstrap in the file)"
+                       if base is not None else "") + ".", "")
+    if still_rising:
+        doc.add(f"Best valid epoch = the last allowed epoch for {', '.join(still_rising)}: still improving when the "
+                "budget ended.", "")
+    counts = [(name, seed, r["constrained_not_permutations"]) for name, row in rows.items()
+              for seed, r in sorted((row.get("seeds") or {}).items())
+              if isinstance(r, dict) and r.get("constrained_not_permutations") is not None]
+    if counts:
+        doc.add(f"Constrained beam-5 outputs that are not a permutation of their source, out of "
+                f"{s.get('test_sentences', DASH)}: " + ", ".join(f"`{n}` seed {sd} {c}" for n, sd, c in counts)
+                + " (the script compares words, so a source word outside the vocabulary, which the model writes as "
+                "`<unk>`, counts as a mismatch).", "")
+    shown = dict(res)
+    command = res.get("command") or ""
+    for flag in (" --code ", " --cut "):  # their texts are shown below (settings, the cut), once
+        if flag in command:
+            command = command[:command.index(flag)] + " …"
+    shown["command"] = command or None
+    shown["notes"] = ([f"cut: {budget['cut']}"] if budget.get("cut") else []) + (
+        [res["notes"]] if isinstance(res.get("notes"), str) else list(res.get("notes") or []))
+    shown.pop("state", None)  # in the notice above
+    provenance(doc, "bso_authors", shown)
+    doc.plots("bso_authors.png")
+
+
+# the options of each mode of benchmarks/fp16_pruning.py (its MODES)
+FP16_MODES = {"fp16": "--fp16 --fp16-no-flatten-grads", "memory_efficient_fp16": "--memory-efficient-fp16",
+              "amp": "--amp"}
+
+
+def fp16_pruning_section(doc):
+    res = section(doc, "Pruning in mixed precision", "fp16_pruning")
+    if not res:
+        return
+    doc.add("`benchmarks/fp16_pruning.py` trains the tests' tiny LSTM (word-ordering data, 200 pairs, 13 updates) for "
+            "one epoch with `fairseq-train --task translation_pruned --prune-ratio 0.5` (one-shot magnitude pruning at "
+            "update 0) in each mixed-precision mode this fairseq build runs on a CPU, then counts, in "
+            "`checkpoint_last.pt`, the pruned positions (exact zeros of the pruned weight matrices) where any tensor "
+            "of the saved Adam state (`exp_avg`, `exp_avg_sq`) is non-zero. 0 means the optimizer state carries "
+            "nothing at a pruned weight, so no pruned weight can come back through its momentum. A count, no "
+            "timing.", "")
+    doc.add("| mode | pruned positions | non-zero optimizer state at them | final training loss |", "|---|---|---|---|")
+    for mode, r in (res.get("by_mode") or {}).items():
+        nz = r.get("optimizer_nonzero")
+        doc.add(f"| `{FP16_MODES.get(mode, mode)}` | {DASH if r.get('pruned') is None else format(r['pruned'], ',')} | "
+                f"{DASH if nz is None else format(nz, ',')} | {num(r.get('final_loss'), 3)} |")
+    before = res.get("fp16_pruned_optimizer_nonzero_before")
+    if before is not None:
+        total = res.get("pruned_positions")
+        doc.add(f"| `{FP16_MODES['fp16']}`, before the pruner masked the fp32 master copy and the optimizer state | "
+                f"{DASH if total is None else format(total, ',')} | {before:,} | {DASH} |")
+    doc.add("")
+    provenance(doc, "fp16_pruning", res)
+
+
+DDP_BACKENDS = {"pytorch_ddp": "`pytorch_ddp` (`c10d`)",
+                "pytorch_ddp_find_unused": "`pytorch_ddp` with `--find-unused-parameters`",
+                "legacy_ddp": "`legacy_ddp` (`no_c10d`)"}
+# The re-scoring's saved memory (MiB) of the same script through the Transformer's T incremental steps, the
+# route the packed pass replaced (benchmarks/results/gpu_readiness.json as first written; not in the current file).
+INCREMENTAL_RESCORE_MIB = {"16": 9.7, "32": 26.9, "64": 85.6, "128": 300.7}
+
+
+def gpu_readiness_section(doc):
+    res = section(doc, "GPU readiness (CPU stand-ins)", "gpu_readiness")
+    if not res:
+        return
+    doc.add("`benchmarks/gpu_readiness.py` measures on a CPU what decides how `--criterion bso` behaves on GPUs. Every "
+            "figure is a deterministic count or size (no timing), so the machine's load does not change it.", "")
+    ddp = res.get("ddp_max_abs_grad_diff")
+    doc.add("**Several GPUs.** One BSO update (K = 4, a float64 1-layer LSTM, 4 sentences of 7 target tokens per rank) "
+            "on two gloo ranks, the model wrapped as fairseq wraps it for each `--ddp-backend`; the figure is the "
+            "largest absolute difference between rank 0's gradient and the gradient one process computes over both "
+            "ranks' batches (0: the same gradients).", "")
+    doc.add("| `--ddp-backend` | max abs gradient difference |", "|---|---|")
+    if isinstance(ddp, dict) and ddp:
+        doc.add(*[f"| {DDP_BACKENDS.get(k, f'`{k}`')} | {DASH if v is None else f'{v:g}'} |" for k, v in ddp.items()])
+    else:
+        doc.add(f"| {DASH} | not measured |")
+    doc.add("")
+    syncs = res.get("host_syncs_per_forward") or {}
+    if syncs:
+        doc.add("**Host reads.** Reads of a tensor back to the host (each one a device synchronization on a GPU: "
+                "`.item()`, `.tolist()`, `nonzero`, `bool()` of a tensor, boolean-mask indexing, …, counted by a "
+                "`TorchFunctionMode`) in one BSO training forward (the criterion's call, K = 4, 8 sentences, a random "
+                "1-layer LSTM) at target length T. A count that does not grow with T means the search never waits "
+                "for the device inside its step loop. fairseq's Transformer decoder adds 2 reads of its own per "
+                "decoding step (a padding check and a position-table check, as in fairseq's generator): 2T + 9 in "
+                "all, as measured with the same counter.", "")
+        doc.add("| T | " + " | ".join(syncs) + " |", "|---|" + "---|" * len(syncs),
+                "| host reads per forward (LSTM) | " + " | ".join(str(v) for v in syncs.values()) + " |", "")
+    ours, one = res.get("rescore_saved_mib") or {}, res.get("parallel_pass_saved_mib") or {}
+    if ours:
+        doc.add("**Re-scoring memory.** MiB saved for backward (unique storages, parameters excluded) by the "
+                "criterion's re-scoring of the gold and violating paths, against one teacher-forced pass of the "
+                "decoder (features and output layer, as token NLL trains) over the 2·B rows of the gold and one "
+                "violating path per sentence: a random 2-layer d = 128 Transformer, 8 sentences of 16 source tokens, "
+                "1,000 types, K = 4, the `log_softmax` score, targets of T tokens. A random model violates at almost "
+                "every step (about one violation per step per sentence), the worst case for the re-scoring, which then "
+                "takes its packed pass (one masked row of 2T positions per sentence). The last column is the route "
+                "the packed pass replaced: T incremental decoder steps, which save the cached keys and values again at "
+                "every step, so their memory grows with T² (the same script's earlier figures, not in the file).", "")
+        doc.add("| T | re-scoring (MiB) | one pass over 2·B rows (MiB) | re-scoring / one pass | "
+                "incremental route it replaced (MiB) |", "|---|---|---|---|---|")
+        for T, mib in ours.items():
+            base = one.get(T)
+            ratio = num(mib / base) if mib is not None and base else DASH
+            doc.add(f"| {T} | {num(mib, 1)} | {num(base, 1)} | {ratio} | {num(INCREMENTAL_RESCORE_MIB.get(T), 1)} |")
+        doc.add("")
+    if "fp16_pruned_optimizer_nonzero" in res:
+        count = res["fp16_pruned_optimizer_nonzero"]
+        doc.add("**Pruning in fp16.** Pruned positions with non-zero optimizer state after training under "
+                f"`--fp16 --fp16-no-flatten-grads`: {'not measured' if count is None else format(count, ',')} (copied from "
+                "`fp16_pruning.json`; every mode in [Pruning in mixed precision](#pruning-in-mixed-precision)).", "")
+    provenance(doc, "gpu_readiness", res)
+
+
+SECTIONS = (glance_section, demo_section, word_ordering_section, recipe_section, bso_authors_section, translation_section,
+            bso_speed_section, distillation_section, decode_speed_section, pruning_section, fp16_pruning_section,
+            gpu_readiness_section)
 
 
 def render(results_dir=RESULTS, output=OUTPUT):
@@ -840,7 +1048,10 @@ TITLES = {"glance_section": ("at a glance", "at-a-glance"),
           "bso_speed_section": ("BSO training cost", "bso-training-cost"),
           "distillation_section": ("distillation", "distillation-l10n-de-en"),
           "decode_speed_section": ("decoding speed", "decoding-speed"),
-          "pruning_section": ("pruning", "pruning-the-seq-kd-student")}
+          "pruning_section": ("pruning", "pruning-the-seq-kd-student"),
+          "bso_authors_section": ("BSO at the authors' setting", "bso-at-the-authors-setting"),
+          "fp16_pruning_section": ("pruning in mixed precision", "pruning-in-mixed-precision"),
+          "gpu_readiness_section": ("GPU readiness", "gpu-readiness-cpu-stand-ins")}
 
 
 def check(path, text, context=40):

@@ -3,7 +3,10 @@
 - the committed document equals what the command writes now (``--check``, through the real module entry point);
 - ``--check`` fails, naming the changed figure, once a results file changes, and passes again after ``--write``;
 - the compression tables read issue 28's keys (``p_wstar_percent``, ``dense:N`` pruning rows, decode-speed files
-  without ``models``) and missing files, against rows written out by hand.
+  without ``models``) and missing files, against rows written out by hand;
+- the sections of ``bso_authors.json`` (with its warning when the run was cut, and without it when not),
+  ``fp16_pruning.json`` and ``gpu_readiness.json``, against rows written out by hand, and each reads the committed
+  file's own figures.
 """
 
 import json
@@ -59,7 +62,8 @@ def test_check_fails_when_a_results_file_changes(tmp_path):
 
 def test_missing_files_say_not_measured(tmp_path):
     text = report.render(str(tmp_path), str(tmp_path / "results.md"))
-    for name in ("demo_recipes", "word_ordering", "translation", "distillation", "decode_speed", "pruning"):
+    for name in ("demo_recipes", "word_ordering", "translation", "distillation", "decode_speed", "pruning",
+                 "bso_authors", "fp16_pruning", "gpu_readiness"):
         assert f"Not measured: `benchmarks/results/{name}.json` does not exist." in text, name
     rows = [line for line in text.splitlines() if line.startswith("| ") and not line.startswith("| effect")]
     assert rows and all("| not measured |" in row for row in rows), "\n".join(rows)  # only the glance table
@@ -190,3 +194,139 @@ def test_a_results_file_no_section_reads_is_listed(tmp_path):
                  "- File: `benchmarks/results/new_benchmark.json`, written by `python3 benchmarks/new_benchmark.py`.",
                  "- Conditions: quiet."):
         assert line in text.splitlines(), f"{line!r} not in:\n{text}"
+
+
+def section_text(text, heading):
+    """The lines of one ``## heading`` section of the document (up to the next ``## ``)."""
+    lines = text.splitlines()
+    assert f"## {heading}" in lines, f"no section {heading!r} in:\n{text}"
+    start = lines.index(f"## {heading}") + 1
+    end = next((i for i in range(start, len(lines)) if lines[i].startswith("## ")), len(lines))
+    return lines[start:end]
+
+
+def bso_authors_file(state="unfinished: seed 2; seed 3", bso_epochs=10, cut="time: a shared machine"):
+    row = lambda test, con, best, epochs, **more: {  # noqa: E731
+        "decoding": ["standard beam"], "valid_curve": [[e, 20.0 + e] for e in range(1, epochs + 1)], "epochs": epochs,
+        "best_epoch": best, "best_valid_bleu": 20.0 + best, "test": test, "test_constrained": con,
+        "constrained_not_permutations": 3, **more}
+    seq2seq = row({"1": 40.0, "5": 41.5, "10": 41.25}, {"1": 45.0, "5": 46.0, "10": 46.5}, 3, bso_epochs)
+    bso = row({"1": 38.0, "5": 36.25, "10": 35.0}, {"1": 44.0, "5": 44.5, "10": 43.0}, bso_epochs, bso_epochs,
+              test_standard_beam={"1": 38.0, "5": 40.5, "10": 41.0})
+    bso["decoding"] = ["--bso-decoding"]
+    return {"question": "BSO or NLL?", "state": state,
+            "budget": {"bso_epochs_max": bso_epochs, "patience": 4, "authors_bso_epochs": 39, "cut": cut},
+            "nll_start": {"valid_curve": [[1, 10.0], [2, 30.0]], "epochs": 12, "best_epoch": 11, "best_valid_bleu": 30.0,
+                          "test": {"1": 29.0, "5": 31.0, "10": 31.5}, "test_constrained": {"1": 33.0, "5": 34.0, "10": 35.0}},
+            "rows": {"seq2seq": {"seeds": {"1": seq2seq}}, "bso_authors": {"seeds": {"1": bso}}},
+            "per_seed": {"1": {"bso_minus_seq2seq_beam5": -5.25, "bso_minus_seq2seq_beam5_constrained": -1.5,
+                               "paired_bootstrap_beam5": {"bso_authors": {"p_value": 0.004}},
+                               "paired_bootstrap_beam5_constrained": {"bso_authors": {"p_value": 0.2}}}},
+            "gap_beam5": [-5.25], "gap_beam5_mean": -5.25, "gap_beam5_sd": None,
+            "settings": {"train_sentences": 120, "test_sentences": 40, "nll": "Adam 2e-3"}, "seeds": [1],
+            "command": "python3 -m benchmarks.bso_authors --bso-epochs 10 --code a snapshot --cut time: a shared machine"}
+
+
+def test_bso_authors_section_says_the_run_was_cut(tmp_path):
+    write(tmp_path, "bso_authors", bso_authors_file())
+    text = report.render(str(tmp_path), str(tmp_path / "results.md"))
+    lines = section_text(text, "BSO at the authors' setting")
+    expected = [
+        "> **The run was cut: these figures are a partial run, not the protocol's result.** Training seeds in the "
+        "file: 1 (the run's state: unfinished: seed 2; seed 3); every row trained at most 10 of the 39 epochs the "
+        "protocol plans (the authors' budget); the NLL start ran 12 epochs (best 11) and was not shown converged (its "
+        "valid BLEU did not stay flat for 4 epochs). They say what this budget gave for these seeds; they do not "
+        "answer the question below.",
+        "| NLL start | 1 | standard beam | 11 / 12 | 30.00 | 29.00 / 31.00 / 31.50 | 33.00 / 34.00 / 35.00 | – |",
+        "| seq2seq | 1 | standard beam | 3 / 10 | 23.00 | 40.00 / 41.50 / 41.25 | 45.00 / 46.00 / 46.50 | – |",
+        "| bso_authors | 1 | `--bso-decoding` | 10 / 10 | 30.00 | 38.00 / 36.25 / 35.00 | 44.00 / 44.50 / 43.00 | "
+        "38.00 / 40.50 / 41.00 |",
+        "bso_authors − seq2seq at test beam 5 (negative: continued NLL is ahead): seed 1, own decodings: -5.25 "
+        "(p 0.004); seed 1, both with the constraint: -1.50 (p 0.200).",
+        "The same `bso_authors` checkpoint (seed 1) at test beam 5: 36.25 decoded as trained, 40.50 under the standard "
+        "beam (-1.00 against seq2seq's 41.50; no bootstrap in the file).",
+        "Best valid epoch = the last allowed epoch for `bso_authors` (seed 1): still improving when the budget ended.",
+        "- File: `benchmarks/results/bso_authors.json`, written by `python3 -m benchmarks.bso_authors --bso-epochs 10 "
+        "…`.",
+        "- Note (from the file): cut: time: a shared machine",
+    ]
+    missing = [line for line in expected if line not in lines]
+    assert not missing, "missing lines:\n" + "\n".join(missing) + "\n--- got:\n" + "\n".join(lines)
+    assert "## Other results files" not in text, text
+
+
+def test_bso_authors_section_without_a_cut_has_no_warning(tmp_path):
+    data = bso_authors_file(state="finished", bso_epochs=39, cut=None)
+    data["nll_start"].update(epochs=20, best_epoch=14)  # flat for 6 epochs: converged under patience 4
+    data["rows"]["bso_authors"]["seeds"]["1"].update(epochs=20, best_epoch=16)  # stopped by patience
+    data["gap_beam5"], data["gap_beam5_mean"], data["gap_beam5_sd"] = [-5.25, 1.0], -2.13, 4.42
+    write(tmp_path, "bso_authors", data)
+    lines = section_text(report.render(str(tmp_path), str(tmp_path / "results.md")), "BSO at the authors' setting")
+    assert not any(line.startswith("> ") for line in lines), "\n".join(lines)
+    assert "Over 2 seeds, own decodings: mean -2.13, sd 4.42." in lines, "\n".join(lines)
+    assert not any("still improving" in line for line in lines), "\n".join(lines)
+
+
+def test_fp16_and_gpu_readiness_sections(tmp_path):
+    write(tmp_path, "fp16_pruning", {
+        "fp16_pruned_optimizer_nonzero": 0, "fp16_pruned_optimizer_nonzero_before": 1234, "pruned_positions": 2000,
+        "by_mode": {"fp16": {"pruned": 2000, "optimizer_nonzero": 0, "final_loss": 3.5},
+                    "amp": {"pruned": 2000, "optimizer_nonzero": 7, "final_loss": 3.25}}})
+    write(tmp_path, "gpu_readiness", {
+        "ddp_max_abs_grad_diff": {"pytorch_ddp": 0.0, "legacy_ddp": 2.5e-17},
+        "host_syncs_per_forward": {"10": 4, "20": 5},
+        "rescore_saved_mib": {"16": 3.0, "128": 50.0}, "parallel_pass_saved_mib": {"16": 4.0, "128": 40.0},
+        "fp16_pruned_optimizer_nonzero": None, "command": "python3 -m benchmarks.gpu_readiness"})
+    text = report.render(str(tmp_path), str(tmp_path / "results.md"))
+    fp16 = section_text(text, "Pruning in mixed precision")
+    gpu = section_text(text, "GPU readiness (CPU stand-ins)")
+    expected_fp16 = [
+        "| `--fp16 --fp16-no-flatten-grads` | 2,000 | 0 | 3.500 |",
+        "| `--amp` | 2,000 | 7 | 3.250 |",
+        "| `--fp16 --fp16-no-flatten-grads`, before the pruner masked the fp32 master copy and the optimizer state | "
+        "2,000 | 1,234 | – |"]
+    expected_gpu = [
+        "| `pytorch_ddp` (`c10d`) | 0 |",
+        "| `legacy_ddp` (`no_c10d`) | 2.5e-17 |",
+        "| T | 10 | 20 |",
+        "| host reads per forward (LSTM) | 4 | 5 |",
+        "| 16 | 3.0 | 4.0 | 0.75 | 9.7 |",
+        "| 128 | 50.0 | 40.0 | 1.25 | 300.7 |",
+        "**Pruning in fp16.** Pruned positions with non-zero optimizer state after training under `--fp16 "
+        "--fp16-no-flatten-grads`: not measured (copied from `fp16_pruning.json`; every mode in [Pruning in mixed "
+        "precision](#pruning-in-mixed-precision)).",
+        "- File: `benchmarks/results/gpu_readiness.json`, written by `python3 -m benchmarks.gpu_readiness`."]
+    missing = [line for line in expected_fp16 if line not in fp16] + [line for line in expected_gpu if line not in gpu]
+    assert not missing, "missing lines:\n" + "\n".join(missing) + "\n--- got:\n" + text
+
+
+def test_new_sections_read_the_committed_files():
+    """Each of the three sections exists in the document from the committed files and shows their figures."""
+    text = report.render()
+
+    def load(name):
+        with open(os.path.join(report.RESULTS, f"{name}.json")) as f:
+            return json.load(f)
+
+    gpu, fp16, authors = load("gpu_readiness"), load("fp16_pruning"), load("bso_authors")
+    lines = section_text(text, "GPU readiness (CPU stand-ins)")
+    for T, mib in gpu["rescore_saved_mib"].items():
+        one = gpu["parallel_pass_saved_mib"][T]
+        row = f"| {T} | {mib:.1f} | {one:.1f} | {mib / one:.2f} |"
+        assert any(line.startswith(row) for line in lines), f"{row!r} not in:\n" + "\n".join(lines)
+    syncs = "| host reads per forward (LSTM) | " + " | ".join(map(str, gpu["host_syncs_per_forward"].values())) + " |"
+    assert syncs in lines, "\n".join(lines)
+    lines = section_text(text, "Pruning in mixed precision")
+    for mode, r in fp16["by_mode"].items():
+        row = f"| `{report.FP16_MODES[mode]}` | {r['pruned']:,} | {r['optimizer_nonzero']:,} | {r['final_loss']:.3f} |"
+        assert row in lines, f"{row!r} not in:\n" + "\n".join(lines)
+    lines = section_text(text, "BSO at the authors' setting")
+    warned = lines[1].startswith("> **The run was cut")
+    cut = authors["state"] != "finished" or authors["budget"]["bso_epochs_max"] < authors["budget"]["authors_bso_epochs"]
+    assert warned == cut, "\n".join(lines)
+    for name, row in authors["rows"].items():
+        for seed, r in row["seeds"].items():
+            assert any(line.startswith(f"| {name} | {seed} |") and f"{r['test']['5']:.2f}" in line for line in lines), \
+                f"{name} seed {seed} test beam 5 {r['test']['5']} not in:\n" + "\n".join(lines)
+    for name in ("gpu_readiness.json", "fp16_pruning.json", "bso_authors.json"):
+        assert f"### `{name}`" not in text, f"{name} still under 'Other results files'"
