@@ -5,7 +5,9 @@ Writes ``benchmarks/results/gpu_readiness.json`` with the keys
 
 * ``host_syncs_per_forward``: {"10", "20", "40"} → host-device synchronizations of one BSO training
   forward (criterion call, K = 4, 8 sentences, a random 1-layer LSTM, targets of length T), counted
-  by :class:`SyncCounter` (a ``TorchFunctionMode``);
+  by :class:`SyncCounter` (a ``TorchFunctionMode``) on the search's accelerator route
+  (``search.COMPACT = "never"``: all B·K slots every step; a CPU's default route reads its live
+  slots back from host memory once per step, which waits for no device);
 * ``rescore_saved_mib`` / ``parallel_pass_saved_mib``: {"16", "32", "64", "128"} → MiB saved for
   backward (``torch.autograd.graph.saved_tensors_hooks``, unique storages, parameters excluded) by
   the criterion's re-scoring, and by one teacher-forced pass of the decoder (features and output
@@ -121,15 +123,23 @@ def criterion(d, K=4, **options):
     return BSOCriterion(task, bso_beam_size=K, bso_curriculum_start=K, **options)
 
 
-def host_syncs(T: int, K: int = 4, B: int = 8, model=None, **options) -> SyncCounter:
-    """The host reads of one BSO training forward at target length T (a random LSTM by default)."""
+def host_syncs(T: int, K: int = 4, B: int = 8, model=None, compact: str = "never", **options) -> SyncCounter:
+    """The host reads of one BSO training forward at target length T (a random LSTM by default), with
+    the search's ``COMPACT`` set to ``compact``: ``"never"`` (default) counts the route an accelerator
+    takes (all B·K slots at every step); on a CPU the search runs the live slots only, reading them
+    back once per step from host memory (no device to wait for)."""
+    from fairseq_bso.bso import search
     d = dictionary(40)
     model = model if model is not None else lstm_model(d)
     model.train()
     crit = criterion(d, K, **options)
     sample = batch(d, B, T)
-    with SyncCounter() as counter:
-        crit(model, sample)
+    saved, search.COMPACT = search.COMPACT, compact
+    try:
+        with SyncCounter() as counter:
+            crit(model, sample)
+    finally:
+        search.COMPACT = saved
     return counter
 
 

@@ -532,3 +532,57 @@ def test_rescore_modes_compute_the_same_scores(decoder, score, nll, stop):
             assert diff <= rel * max(want.abs().max().item(), 1.0), f"{what}: {route} vs incremental {diff:.3e}"
         assert_loss_equal(lp, li, rel=rel)
         assert_grads_equal(gp, gi, rel=rel)
+
+
+SEARCH_FIELDS = ("violation", "reset", "delta", "violating_tokens", "gold_scores", "rival_scores", "segment_start",
+                 "gold_step")
+
+
+@pytest.mark.parametrize("decoder,score,stop,dropout,constraint", [
+    ("lstm", "logit", False, False, False), ("lstm", "log_softmax", True, False, False),
+    ("lstm", "logit", True, True, False), ("lstm", "log_softmax", False, True, False),
+    ("lstm", "logit", False, False, True), ("transformer", "log_softmax", False, False, False),
+    ("transformer", "logit", True, False, False)])
+def test_live_slots_only_and_fixed_shape_searches_agree(decoder, score, stop, dropout, constraint):
+    """The search's two ways of running the decoder (COMPACT: the live slots only, a CPU's default;
+    every B·K slot masked, an accelerator's) find the same violations, resets, paths and Δ, and the
+    same scores up to float64 rounding (the decoder runs on other row counts), with learning to
+    stop, the shared dropout bank (same masks per sentence) and the word-order constraint."""
+    from fairseq_bso.constraints import WordOrderConstraint
+    d = make_dict()
+    if decoder == "transformer":
+        model = make_transformer(d, 7)
+    elif dropout:
+        model = dropout_model(d, 3, 2, 8, score, eos_boost=1.0 if stop else 0.0)
+    else:
+        model = stop_model(d, 2, score)
+    model.train()
+    srcs, golds = stop_batch(d, 4)
+    if constraint:  # the sources are permutations of the golds (longest first: the LSTM encoder packs them)
+        golds = sorted(golds, key=len, reverse=True)
+        srcs = [sorted(g[:-1]) + [d.eos()] for g in golds]
+    src, lengths, target = left_pad(srcs, d.pad()), torch.tensor([len(x) for x in srcs]), right_pad(golds, d.pad())
+    results = {}
+    for compact in (True, False):
+        torch.manual_seed(11)  # the same dropout masks in both runs
+        with torch.no_grad():
+            enc = model.encoder(src, src_lengths=lengths)
+            with decoder_dropout(model.decoder, "shared" if dropout else "off", len(golds)) as shared:
+                results[compact] = bso_search(model, enc, target, 3, d.pad(), d.eos(), d.bos(),
+                                              COSTS["sentence_bleu"], score=score, gold_kth="previous", stop=stop,
+                                              lenpen=0.8, dropout=shared,
+                                              constraint=WordOrderConstraint(d, d) if constraint else None,
+                                              src_tokens=src, compact=compact)
+    live, fixed = results[True], results[False]
+    assert fixed.violation.any() and fixed.reset.any(), "the case must exercise resets"
+    for name in SEARCH_FIELDS:
+        a, b = getattr(live, name), getattr(fixed, name)
+        if a.is_floating_point():
+            finite = torch.isfinite(b)
+            assert torch.equal(torch.isfinite(a), finite), f"{name}: -inf at other places"
+            diff = (a[finite] - b[finite]).abs().max().item() if finite.any() else 0.0
+            scale = max(b[finite].abs().max().item() if finite.any() else 0.0, 1.0)
+            rel = 1e-5 if decoder == "transformer" else 1e-12  # fairseq's attention softmax runs in float32
+            assert diff <= rel * scale, f"{name}: live slots only vs fixed shape differ by {diff:.3e} (scale {scale:.3e})"
+        else:
+            assert torch.equal(a, b), f"{name}: live slots only {a.tolist()} vs fixed shape {b.tolist()}"

@@ -3,8 +3,9 @@
 Counted by ``benchmarks.gpu_readiness.SyncCounter``, a ``TorchFunctionMode`` over every torch call
 that reads a tensor back to the host (``.item()``, ``.tolist()``, ``nonzero``, ``bool()``/``int()``/
 ``float()`` of a tensor, boolean-mask indexing, ``.cpu()``, ...), around the criterion's call on a
-random LSTM (8 sentences, K = 4).  The count must not grow with the target length T (before: 41 /
-71 / 131 at T = 10 / 20 / 40)."""
+random LSTM (8 sentences, K = 4), on the search's accelerator route (all B·K slots every step; a
+CPU runs its live slots only, reading them from host memory once per step).  The count must not grow
+with the target length T (before: 41 / 71 / 131 at T = 10 / 20 / 40)."""
 
 import os
 import sys
@@ -37,3 +38,12 @@ def test_the_counter_counts_host_reads():
         x.tolist()
         x + 1  # no read
     assert counter.names == ["item", "__getitem__", "__bool__", "nonzero", "tolist"]
+
+
+def test_the_cpu_route_reads_its_live_slots_once_per_step():
+    """On a CPU the search runs the live slots only (``COMPACT = "cpu"``): one ``nonzero`` per step, read
+    from host memory; the accelerator route has none, so the difference is the steps' count."""
+    cpu = {T: host_syncs(T, compact="always") for T in (10, 20)}
+    fixed = {T: host_syncs(T) for T in (10, 20)}
+    extra = {T: cpu[T].names.count("nonzero") - fixed[T].names.count("nonzero") for T in cpu}
+    assert extra[20] - extra[10] == 10, f"live-slot reads at T=10/20: {extra}"

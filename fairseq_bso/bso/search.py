@@ -145,6 +145,18 @@ SCORES = ("logit", "log_softmax")
 #:   the top K − 1 with a real gradient.
 GOLD_KTH = ("self", "previous")
 
+#: Which slots the search runs through the decoder at each step (:func:`bso_search`'s ``compact``):
+#:
+#: * ``"cpu"`` (default): the live slots only on a CPU, all B·K slots elsewhere;
+#: * ``"always"``: the live slots only.  On an accelerator each step then reads the live slots back
+#:   to the host (a synchronization per step), and a CPU computes only what it uses: after a reset
+#:   a sentence has one live slot instead of K, and a sentence whose gold has ended none, which
+#:   made the fixed shape 1.7x slower per BSO update at K = 6 on this CPU
+#:   (``benchmarks/results/bso_speed.json``);
+#: * ``"never"``: all B·K slots at every step, dead ones masked to −inf: a fixed shape and no
+#:   per-step host read (``tests/test_host_syncs.py`` counts this route, the one a GPU takes).
+COMPACT = "cpu"
+
 
 @dataclass
 class SearchResult:
@@ -383,6 +395,8 @@ class SearchContext:
     row_sentence: Tensor  # (B·K,) the sentence of each row
     only_first: Tensor  # (B, K) bool: slot 0 alone
     gold_final: Optional[Tensor]  # (B,) g(y) of the whole gold (learning to stop), else None
+    compact: bool = False  # run the live slots only (see :data:`COMPACT`)
+    reorder_encoder_out: Optional[Callable] = None  # the encoder's, for the live slots
 
 
 @dataclass
@@ -396,6 +410,7 @@ class BeamState:
     segment_start: Tensor  # (B,) first step after the last reset
     constraint_state: object
     incremental_state: dict
+    rows: Optional[Tensor] = None  # compact: the slots b·K + k the decoder state holds, in its order (the live ones)
 
 
 @dataclass
@@ -411,28 +426,43 @@ class Ranked:
 
 
 def score_candidates(ctx: SearchContext, st: BeamState, t: int):
-    """Step 1, score the candidates: f of every successor of every slot, (B·K, V), −inf for dead
-    slots, ``<pad>``, ``<s>`` and tokens the constraint forbids.  With learning to stop, ``</s>``
-    before the gold's last step is no beam candidate: its scores are returned apart, (B·K,),
-    as the finished hypotheses of this step (none at step 0: the empty hypothesis)."""
-    prev = st.prev_token.unsqueeze(1).expand(-1, t + 1)  # incremental decoders read the last token only
+    """Step 1, score the candidates: f of every successor of every computed row, (R, V), −inf for
+    dead slots, ``<pad>``, ``<s>`` and tokens the constraint forbids.  The rows are the B·K slots,
+    or with ``compact`` the live slots ``st.rows`` only (R of them: :func:`slot_view` maps slots
+    to rows).  With learning to stop, ``</s>`` before the gold's last step is no beam candidate:
+    its scores are returned apart, (R,), as the finished hypotheses of this step (none at step 0:
+    the empty hypothesis)."""
+    prev, encoder_out, row_sentence = st.prev_token, ctx.encoder_out, ctx.row_sentence
+    prefix_score, constraint_state = st.prefix_score, st.constraint_state
+    if ctx.compact:  # the live slots only
+        rows = st.rows
+        prev, row_sentence = prev.index_select(0, rows), row_sentence.index_select(0, rows)
+        encoder_out = ctx.reorder_encoder_out(encoder_out, rows)
+        if prefix_score is not None:
+            prefix_score = prefix_score.index_select(0, rows)
+        if ctx.constraint is not None:
+            constraint_state = ctx.constraint.reorder(constraint_state, rows)
+    prev = prev.unsqueeze(1).expand(-1, t + 1)  # incremental decoders read the last token only
     if ctx.dropout is not None:
-        ctx.dropout.begin_step(t, ctx.row_sentence)
+        ctx.dropout.begin_step(t, row_sentence)
     with record_function("bso.search.decoder"):
-        out = ctx.decoder(prev, encoder_out=ctx.encoder_out, incremental_state=st.incremental_state)[0]
+        out = ctx.decoder(prev, encoder_out=encoder_out, incremental_state=st.incremental_state)[0]
     scores = upcast(out[:, -1, :])
     if ctx.cumulative:  # S(prefix + w) = S(prefix) + log p(w | prefix)
         scores = torch.log_softmax(scores, dim=-1)
-        if st.prefix_score is not None:  # (None at step 0: the empty prefix)
-            scores = scores + st.prefix_score.unsqueeze(1)
+        if prefix_score is not None:  # (None at step 0: the empty prefix)
+            scores = scores + prefix_score.unsqueeze(1)
     scores = scores.index_fill_(1, ctx.special, NEG_INF)
-    scores.masked_fill_(~st.live.view(-1, 1), NEG_INF)
+    if not ctx.compact:  # every computed row is live otherwise
+        scores.masked_fill_(~st.live.view(-1, 1), NEG_INF)
     if ctx.constraint is not None:
         with record_function("bso.search.constraint_mask"):
-            scores = ctx.constraint.apply_(scores, st.constraint_state)
+            scores = ctx.constraint.apply_(scores, constraint_state)
     row_eos = None
     if ctx.stop:
         going_on = (t < ctx.last_step).repeat_interleave(ctx.K)
+        if ctx.compact:
+            going_on = going_on.index_select(0, st.rows)
         row_eos = scores[:, ctx.eos].masked_fill(~going_on, NEG_INF)
         if t == 0:  # fairseq's generator never finishes the empty hypothesis
             row_eos.fill_(NEG_INF)
@@ -440,13 +470,36 @@ def score_candidates(ctx: SearchContext, st: BeamState, t: int):
     return scores, row_eos
 
 
-def rank_candidates(ctx: SearchContext, scores: Tensor, row_eos: Optional[Tensor]) -> Ranked:
+def slot_view(ctx: SearchContext, st: BeamState, x: Tensor, fill) -> Tensor:
+    """Per-row values ``x`` (R, …) of :func:`score_candidates` as per-slot values (B·K, …): with
+    ``compact``, the dead slots get ``fill``; otherwise x itself."""
+    if not ctx.compact:
+        return x
+    return x.new_full((ctx.row_sentence.numel(),) + tuple(x.shape[1:]), fill).index_copy_(0, st.rows, x)
+
+
+def slot_scores(ctx: SearchContext, st: BeamState, scores: Tensor, slots: Tensor, tokens: Tensor) -> Tensor:
+    """(B,) the scores of ``tokens`` after the items in ``slots`` (B,) (one per sentence), −inf for
+    a dead slot (a sentence whose gold has ended)."""
+    slot = ctx.sentence * ctx.K + slots
+    if not ctx.compact:
+        return scores[slot, tokens]
+    place = torch.full_like(ctx.row_sentence, -1).index_copy_(0, st.rows, torch.arange(
+        st.rows.numel(), device=st.rows.device))
+    row = place.index_select(0, slot)
+    return scores[row.clamp(min=0), tokens].masked_fill(row < 0, NEG_INF)
+
+
+def rank_candidates(ctx: SearchContext, st: BeamState, scores: Tensor, row_eos: Optional[Tensor]) -> Ranked:
     """Step 2, rank: the top K of a sentence's K·V successors are the top K of its rows' own top k
     (no (B, K·V) tensor); with learning to stop, the finishing items that rank among all the
     step's candidates (:func:`best_finished`)."""
     B, K = ctx.sentence.numel(), ctx.K
     V = scores.size(1)
     row_top, row_token = scores.topk(min(K, V), dim=1)
+    row_top, row_token = slot_view(ctx, st, row_top, NEG_INF), slot_view(ctx, st, row_token, 0)
+    if row_eos is not None:
+        row_eos = slot_view(ctx, st, row_eos, NEG_INF)
     slot = torch.arange(K, device=scores.device).repeat(B)
     candidates = row_top.view(B, -1)
     candidate_idx = (row_token + (slot * V).unsqueeze(1)).view(B, -1)
@@ -513,7 +566,15 @@ def next_beam(ctx: SearchContext, st: BeamState, t: int, ranked: Ranked, gold_id
     parent_row = (ctx.sentence.unsqueeze(1) * K + next_slot).view(-1)
     st.prev_token = next_token.reshape(-1)
     with record_function("bso.search.reorder"):
-        ctx.decoder.reorder_incremental_state_scripting(st.incremental_state, parent_row)
+        if ctx.compact:  # the state holds st.rows: the new live slots' parents, by their place in it
+            rows = st.live.view(-1).nonzero().squeeze(1)  # a CPU read: no device to wait for
+            place = torch.full_like(parent_row, -1).index_copy_(0, st.rows, torch.arange(
+                st.rows.numel(), device=parent_row.device))
+            ctx.decoder.reorder_incremental_state_scripting(st.incremental_state,
+                                                            place.index_select(0, parent_row.index_select(0, rows)))
+            st.rows = rows
+        else:
+            ctx.decoder.reorder_incremental_state_scripting(st.incremental_state, parent_row)
         if ctx.constraint is not None:
             st.constraint_state = ctx.constraint.step(ctx.constraint.reorder(st.constraint_state, parent_row),
                                                       st.prev_token)
@@ -524,7 +585,7 @@ def next_beam(ctx: SearchContext, st: BeamState, t: int, ranked: Ranked, gold_id
 def bso_search(model, encoder_out, target: Tensor, beam_size: int, pad: int, eos: int, bos: int,
                cost: Callable[..., Tensor], *, score: str, gold_kth: str, margin: float = 1.0, stop: bool = False,
                lenpen: float = 1.0, dropout: Optional[SharedDropout] = None, constraint=None,
-               src_tokens: Optional[Tensor] = None) -> SearchResult:
+               src_tokens: Optional[Tensor] = None, compact: Optional[bool] = None) -> SearchResult:
     """Algorithm 1's forward pass for a batch: ``target`` is (B, T), right-padded, ending in ``</s>``.
 
     The levers are keyword-only: ``score`` (see :data:`SCORES`) and ``gold_kth`` (see
@@ -534,13 +595,16 @@ def bso_search(model, encoder_out, target: Tensor, beam_size: int, pad: int, eos
     ``dropout`` (the :class:`SharedDropout` bank, None: the decoder's dropout is off) default to
     the CLI's values.
 
-    All B·K slots are run through the decoder at every step, the dead ones masked to −inf (a
-    fixed shape: no read-back of the number of live items).  The encoder output is repeated K
-    times per sentence once; the decoder state and the constraint state follow the slots
-    (``reorder`` with the parent row of each new item).  The search keeps no token history:
+    ``compact`` (None: :data:`COMPACT` decides by the device) chooses how the decoder runs: all
+    B·K slots at every step, the dead ones masked to −inf (a fixed shape: no read-back of the
+    number of live items, for accelerators), or the live slots only (one row per sentence right
+    after a reset, none once its gold has ended: a CPU computes only what the search uses, and
+    its per-step read of the live slots waits for no device).  Both give the same result.  The
+    encoder output is repeated K times per sentence once; the decoder state and the constraint
+    state follow the slots (``reorder`` with the parent row of each new item).  The search keeps no token history:
     each beam slot records its parent slot and its token (back-pointers), and the violating
-    paths are read back from them after the search.  Host reads: one (the violation index), plus
-    one with ``stop`` (the internal-``</s>`` check).
+    paths are read back from them after the search.  Host reads with the fixed shape: one (the
+    violation index), plus one with ``stop`` (the internal-``</s>`` check).
     """
     if score not in SCORES:
         raise ValueError(f"score must be one of {SCORES}, got {score!r}")
@@ -564,14 +628,17 @@ def bso_search(model, encoder_out, target: Tensor, beam_size: int, pad: int, eos
     row_sentence = sentence.repeat_interleave(K)
     only_first = torch.zeros(B, K, dtype=torch.bool, device=device)
     only_first[:, 0] = True
+    if compact is None:
+        compact = COMPACT == "always" or (COMPACT == "cpu" and device.type == "cpu")
     ctx = SearchContext(decoder, model.encoder.reorder_encoder_out(encoder_out, row_sentence), target, last_step, K,
                         eos, torch.tensor([pad, bos], device=device), margin, cumulative, gold_kth, stop, lenpen,
-                        constraint, dropout, sentence, row_sentence, only_first, gold_final)
+                        constraint, dropout, sentence, row_sentence, only_first, gold_final, compact,
+                        model.encoder.reorder_encoder_out)
     st = BeamState(prev_token=target.new_full((B * K,), eos),  # fairseq decoders start from </s>
                    live=only_first.clone(), prefix_score=None, gold_slot=target.new_zeros(B),
                    segment_start=target.new_zeros(B),
                    constraint_state=constraint.initial_state(src_tokens, K) if constraint is not None else None,
-                   incremental_state={})
+                   incremental_state={}, rows=sentence * K if compact else None)
 
     back_slot = target.new_zeros(B, T, K)  # parent slot (at t-1) of the item in slot k after step t
     back_token = target.new_zeros(B, T, K)  # its last token
@@ -588,9 +655,9 @@ def bso_search(model, encoder_out, target: Tensor, beam_size: int, pad: int, eos
         if gold_scores is None:
             gold_scores = scores.new_zeros(B, T)
             rival_scores = torch.zeros_like(gold_scores)
-        ranked = rank_candidates(ctx, scores, row_eos)
+        ranked = rank_candidates(ctx, st, scores, row_eos)
         gold_idx = st.gold_slot * V + target[:, t]
-        gold_score = scores[sentence * K + st.gold_slot, target[:, t]]  # −inf once the gold has ended
+        gold_score = slot_scores(ctx, st, scores, st.gold_slot, target[:, t])  # −inf once the gold has ended
         rival_score, rival_item[:, t] = pick_rival(ctx, ranked, gold_idx, t)
         violated, gold_scores[:, t], rival_scores[:, t], rival_item[:, t], gold_step[:, t] = check_violation(
             ctx, t, gold_score, rival_score, rival_item[:, t], ranked)
