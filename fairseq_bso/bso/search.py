@@ -17,10 +17,12 @@ ranked by the step-t logits alone.  At step t:
 
 Two passes, so that the backward cost does not grow with K:
 
-1. :func:`bso_search` runs the search without autograd over all B·K beam rows at
-   once, every step (dead slots are computed and masked to −inf rather than
-   compacted away, so that the loop never reads a tensor back to the host: the
-   number of host-device synchronizations of a batch does not grow with T).  The
+1. :func:`bso_search` runs the search without autograd over the B·K beam slots at
+   once (:data:`COMPACT`): on an accelerator every slot every step, the dead ones
+   computed and masked to −inf rather than compacted away, so that the loop never
+   reads a tensor back to the host (the number of host-device synchronizations of a
+   batch does not grow with T); on a CPU the live slots only, read from host memory
+   once per step (no device to wait for, and no work for dead slots).  The
    gold prefix is always on the beam (it either never fell off or the beam was just
    reset to it), so no separate gold row is searched: a reset is a beam reorder in
    which every row of the sentence copies the gold row, followed by the gold token.
