@@ -75,9 +75,19 @@ def decode(args, ckpt, decoding, tag):
     return scores, hypotheses.get("5")
 
 
-def permutation_violations(hypotheses, sources):
-    """How many constrained outputs are not a permutation of their source (must be 0)."""
-    return sum(sorted(h.split()) != sorted(s.split()) for h, s in zip(hypotheses, sources))
+def permutation_violations(hypotheses, sources, vocabulary=None):
+    """How many constrained outputs are not a permutation of their source (must be 0).  With
+    ``vocabulary`` (the target dictionary's words), a source word outside it counts as ``<unk>``,
+    which is what the model reads and writes in its place."""
+    def words(line):
+        return sorted(w if vocabulary is None or w in vocabulary else "<unk>" for w in line.split())
+    return sum(words(h) != words(s) for h, s in zip(hypotheses, sources))
+
+
+def target_vocabulary(bin_dir):
+    """The words of the binarized corpus's target dictionary (fairseq's dict.tgt.txt: "word count" lines)."""
+    with open(os.path.join(bin_dir, "dict.tgt.txt"), encoding="utf-8") as f:
+        return {line.rsplit(" ", 1)[0] for line in f if line.strip()}
 
 
 def run_seed(args, seed, nll_ckpt, report_only=False):
@@ -102,7 +112,8 @@ def run_seed(args, seed, nll_ckpt, report_only=False):
             row[key], hyps = decode(args, ckpt, decoding, f"s{seed}.{name}.{key}")
             if key == "test_constrained":
                 beam5_con[name] = hyps
-                row["constrained_not_permutations"] = permutation_violations(hyps, args.sources)
+                row["constrained_not_permutations"] = permutation_violations(hyps, args.sources,
+                                                                             target_vocabulary(args.bin))
         rows[name] = row
         log(f"seed {seed} {name}: best epoch {best_epoch}/{len(valid)} valid {best_bleu} test {row['test']} "
             f"constrained {row['test_constrained']}")

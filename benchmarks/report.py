@@ -874,8 +874,8 @@ def bso_authors_section(doc):
     if counts:
         doc.add(f"Constrained beam-5 outputs that are not a permutation of their source, out of "
                 f"{s.get('test_sentences', DASH)}: " + ", ".join(f"`{n}` seed {sd} {c}" for n, sd, c in counts)
-                + " (the script compares words, so a source word outside the vocabulary, which the model writes as "
-                "`<unk>`, counts as a mismatch).", "")
+                + " (words compared with source words outside the target vocabulary counted as `<unk>`, which the "
+                "model reads and writes in their place).", "")
     shown = dict(res)
     command = res.get("command") or ""
     for flag in (" --code ", " --cut "):  # their texts are shown below (settings, the cut), once

@@ -256,3 +256,14 @@ def test_word_order_train_and_test_bleu_run_fairseq_once(tmp_path):
     assert again == (scores, hyps)  # read back from the logs: the bogus checkpoint is never loaded
     assert [os.stat(logs(b)).st_mtime_ns for b in (1, 2)] == stamps
     assert not [f for f in os.listdir(tmp_path / "test") if f.startswith(".tmp")]
+
+
+def test_permutation_check_counts_out_of_vocabulary_source_words_as_unk():
+    """bso_authors' check that constrained outputs permute their source: a source word outside the target
+    vocabulary is what the model reads and writes as <unk>, so it matches <unk> and nothing else."""
+    from benchmarks.bso_authors import permutation_violations
+    sources = ["the lamb of god", "in the beginning", "a b c"]
+    hyps = ["of the <unk> god", "beginning the in", "a b b"]
+    vocabulary = {"the", "of", "god", "in", "beginning", "a", "b", "c"}
+    assert permutation_violations(hyps, sources, vocabulary) == 1  # only "a b b"
+    assert permutation_violations(hyps, sources) == 2  # word by word, <unk> != lamb
