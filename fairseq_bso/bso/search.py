@@ -380,7 +380,7 @@ class SearchContext:
     """What stays fixed during a batch's search.  Rows are beam slots r = b·K + k (B·K rows)."""
 
     decoder: nn.Module
-    encoder_out: object  # the encoder's output, each sentence repeated K times
+    encoder_out: object  # the encoder's output, each sentence repeated K times (compact: once per sentence)
     target: Tensor  # (B, T)
     last_step: Tensor  # (B,) the gold's last step
     K: int
@@ -439,7 +439,7 @@ def score_candidates(ctx: SearchContext, st: BeamState, t: int):
     if ctx.compact:  # the live slots only
         rows = st.rows
         prev, row_sentence = prev.index_select(0, rows), row_sentence.index_select(0, rows)
-        encoder_out = ctx.reorder_encoder_out(encoder_out, rows)
+        encoder_out = ctx.reorder_encoder_out(encoder_out, row_sentence)
         if prefix_score is not None:
             prefix_score = prefix_score.index_select(0, rows)
         if ctx.constraint is not None:
@@ -480,15 +480,20 @@ def slot_view(ctx: SearchContext, st: BeamState, x: Tensor, fill) -> Tensor:
     return x.new_full((ctx.row_sentence.numel(),) + tuple(x.shape[1:]), fill).index_copy_(0, st.rows, x)
 
 
+def row_of_slot(ctx: SearchContext, st: BeamState) -> Tensor:
+    """(B·K,) with ``compact``: each slot's place in ``st.rows`` (the rows of this step's scores and of
+    the decoder's state), −1 for a dead slot."""
+    return torch.full_like(ctx.row_sentence, -1).index_copy_(0, st.rows, torch.arange(
+        st.rows.numel(), device=st.rows.device))
+
+
 def slot_scores(ctx: SearchContext, st: BeamState, scores: Tensor, slots: Tensor, tokens: Tensor) -> Tensor:
     """(B,) the scores of ``tokens`` after the items in ``slots`` (B,) (one per sentence), −inf for
     a dead slot (a sentence whose gold has ended)."""
     slot = ctx.sentence * ctx.K + slots
     if not ctx.compact:
         return scores[slot, tokens]
-    place = torch.full_like(ctx.row_sentence, -1).index_copy_(0, st.rows, torch.arange(
-        st.rows.numel(), device=st.rows.device))
-    row = place.index_select(0, slot)
+    row = row_of_slot(ctx, st).index_select(0, slot)
     return scores[row.clamp(min=0), tokens].masked_fill(row < 0, NEG_INF)
 
 
@@ -570,10 +575,8 @@ def next_beam(ctx: SearchContext, st: BeamState, t: int, ranked: Ranked, gold_id
     with record_function("bso.search.reorder"):
         if ctx.compact:  # the state holds st.rows: the new live slots' parents, by their place in it
             rows = st.live.view(-1).nonzero().squeeze(1)  # a CPU read: no device to wait for
-            place = torch.full_like(parent_row, -1).index_copy_(0, st.rows, torch.arange(
-                st.rows.numel(), device=parent_row.device))
-            ctx.decoder.reorder_incremental_state_scripting(st.incremental_state,
-                                                            place.index_select(0, parent_row.index_select(0, rows)))
+            parent = row_of_slot(ctx, st).index_select(0, parent_row.index_select(0, rows))
+            ctx.decoder.reorder_incremental_state_scripting(st.incremental_state, parent)
             st.rows = rows
         else:
             ctx.decoder.reorder_incremental_state_scripting(st.incremental_state, parent_row)
@@ -632,7 +635,9 @@ def bso_search(model, encoder_out, target: Tensor, beam_size: int, pad: int, eos
     only_first[:, 0] = True
     if compact is None:
         compact = COMPACT == "always" or (COMPACT == "cpu" and device.type == "cpu")
-    ctx = SearchContext(decoder, model.encoder.reorder_encoder_out(encoder_out, row_sentence), target, last_step, K,
+    if not compact:  # every slot reads its sentence's encoder output at every step: repeat it K times once
+        encoder_out = model.encoder.reorder_encoder_out(encoder_out, row_sentence)
+    ctx = SearchContext(decoder, encoder_out, target, last_step, K,
                         eos, torch.tensor([pad, bos], device=device), margin, cumulative, gold_kth, stop, lenpen,
                         constraint, dropout, sentence, row_sentence, only_first, gold_final, compact,
                         model.encoder.reorder_encoder_out)
