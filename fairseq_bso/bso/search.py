@@ -883,10 +883,9 @@ def rescore_parallel(model, encoder_out, target: Tensor, result: SearchResult, p
     Rows: the B golds, then one row per violation (b, t) with segment start s: the gold y_{1:s}
     then the violating tokens up to t (what the search's violating item was; positions after t
     are never read).  The violating row recomputes the gold prefix itself, so the gradient of the
-    segment flows into the gold prefix as it does through the search's reset.  Scores read:
-    the gold's at every step (the logit rows of the output projection, or the full output
-    layer's log-probabilities when ``score="log_softmax"`` or ``nll``); each violating row's at
-    its segment's steps s..t (``log_softmax``) or at t (``logit``).  ``dropout``: the search's
+    segment flows into the gold prefix as it does through the search's reset.  Scores read by
+    :func:`read_scores` (the gold's at every step; each violating row's at its segment's steps
+    s..t with ``log_softmax``, at t with ``logit``).  ``dropout``: the search's
     :class:`SharedDropout` bank (each row its sentence's masks)."""
     decoder = model.decoder
     B, T = target.shape
@@ -902,22 +901,37 @@ def rescore_parallel(model, encoder_out, target: Tensor, result: SearchResult, p
     enc = model.encoder.reorder_encoder_out(encoder_out, row_sentence) if N > 0 else encoder_out
     rows = torch.cat([target, violating_rows], 0)
     features = teacher_forced_features(decoder, enc, rows, eos, dropout, row_sentence)
-    D = features.size(-1)
+    return read_scores(decoder, target, result, features[:B], features[B:], torch.arange(N, device=device), nll)
+
+
+def read_scores(decoder, target: Tensor, result: SearchResult, gold_features: Tensor, violating_features: Tensor,
+                violation_row: Tensor, nll: bool) -> Rescored:
+    """The scores the loss reads, from a re-scoring pass's features: the gold's at every step, from
+    ``gold_features`` (B, T, D) (the logit rows of the output projection, or the full output layer's
+    log-probabilities with ``score="log_softmax"`` or ``nll``); each violation's at its segment's
+    steps (``log_softmax``) or at its step (``logit``), from row ``violation_row[n]`` of
+    ``violating_features`` (M, T, D) for the n-th violation of ``result.violations()``."""
+    B, T = target.shape
     cumulative = result.score == "log_softmax"
-    gold_features = features[:B].reshape(B * T, D)
+    flat = gold_features.reshape(B * T, gold_features.size(-1))
     gold_lprobs = None
     if cumulative or nll:
-        gold_lprobs = token_scores(decoder, gold_features, target.reshape(-1), log_softmax=True).view(B, T)
-    gold = gold_lprobs if cumulative else upcast(gathered_logits(decoder, gold_features, target.reshape(-1))).view(B, T)
+        gold_lprobs = token_scores(decoder, flat, target.reshape(-1), log_softmax=True).view(B, T)
+    gold = gold_lprobs if cumulative else upcast(gathered_logits(decoder, flat, target.reshape(-1))).view(B, T)
     violating = gold.new_zeros(B, T)
-    if N > 0:
+    index = result.violations()
+    if index.size(0) > 0:
+        b_v, t_v = index.unbind(1)
         if cumulative:  # every step of each segment: one more read-back (how many positions)
-            in_segment = (steps.unsqueeze(0) >= start_v.unsqueeze(1)) & (steps.unsqueeze(0) <= t_v.unsqueeze(1))
-            i, j = in_segment.nonzero().unbind(1)
+            steps = torch.arange(T, device=target.device).unsqueeze(0)
+            start_v = result.segment_start[b_v, t_v].unsqueeze(1)
+            i, j = ((steps >= start_v) & (steps <= t_v.unsqueeze(1))).nonzero().unbind(1)
         else:  # the violation step only
-            i, j = torch.arange(N, device=device), t_v
-        values = token_scores(decoder, features[B + i, j], violating_rows[i, j], log_softmax=cumulative)
-        violating = violating.index_put((b_v[i], j), values.to(violating.dtype))
+            i, j = torch.arange(index.size(0), device=target.device), t_v
+        b = b_v[i]
+        values = token_scores(decoder, violating_features[violation_row[i], j], result.violating_tokens[b, j],
+                              log_softmax=cumulative)
+        violating = violating.index_put((b, j), values.to(violating.dtype))
     return Rescored(gold, violating, gold_lprobs if nll else None)
 
 
@@ -1009,28 +1023,7 @@ def rescore_packed(model, encoder_out, target: Tensor, result: SearchResult, pad
     mask = packed_attention_mask(result.segment_start, heads)
     with packed_decoder(decoder, positions, mask):
         features = decoder.extract_features(torch.cat([gold_in, violating_in], 1), encoder_out=encoder_out)[0]
-    D = features.size(-1)
-    cumulative = result.score == "log_softmax"
-    gold_features = features[:, :T].reshape(B * T, D)
-    gold_lprobs = None
-    if cumulative or nll:
-        gold_lprobs = token_scores(decoder, gold_features, target.reshape(-1), log_softmax=True).view(B, T)
-    gold = gold_lprobs if cumulative else upcast(gathered_logits(decoder, gold_features, target.reshape(-1))).view(B, T)
-    violating = gold.new_zeros(B, T)
-    index = result.violations()
-    if index.size(0) > 0:
-        b_v, t_v = index.unbind(1)
-        if cumulative:  # every step of each violating segment
-            steps = torch.arange(T, device=target.device)
-            start_v = result.segment_start[b_v, t_v]
-            in_segment = (steps.unsqueeze(0) >= start_v.unsqueeze(1)) & (steps.unsqueeze(0) <= t_v.unsqueeze(1))
-            i, j = in_segment.nonzero().unbind(1)
-            b, j = b_v[i], j
-        else:  # the violation step only
-            b, j = b_v, t_v
-        values = token_scores(decoder, features[b, T + j], result.violating_tokens[b, j], log_softmax=cumulative)
-        violating = violating.index_put((b, j), values.to(violating.dtype))
-    return Rescored(gold, violating, gold_lprobs if nll else None)
+    return read_scores(decoder, target, result, features[:, :T], features[:, T:], result.violations()[:, 0], nll)
 
 
 def segment_sums(step_scores: Tensor, segment_start: Tensor, end: Optional[Tensor] = None) -> Tensor:
