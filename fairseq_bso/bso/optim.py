@@ -107,42 +107,44 @@ def tag_layers(model) -> None:
         p.bso_layer = layers[id(p)]
 
 
-def _owning_model(params):
-    """The live fairseq model whose parameters include all of ``params`` (the smallest, if nested)."""
+def _live_models():
+    """Every live fairseq model (the optimizer is built from parameters alone: their model is found on the heap,
+    once, when the optimizer is built)."""
     from fairseq.models import BaseFairseqModel
 
+    return [obj for obj in gc.get_objects() if isinstance(obj, BaseFairseqModel)]
+
+
+def _owning_model(params, models):
+    """The model of ``models`` whose parameters include all of ``params`` (the smallest, if nested)."""
     wanted = {id(p) for p in params}
     found = []
-    for obj in gc.get_objects():
-        if isinstance(obj, BaseFairseqModel):
-            own = {id(p) for p in obj.parameters()}
-            if wanted <= own:
-                found.append((len(own), id(obj), obj))
+    for obj in models:
+        own = {id(p) for p in obj.parameters()}
+        if wanted <= own:
+            found.append((len(own), id(obj), obj))
     if not found:
         raise ValueError("--optimizer bso_adagrad: the parameters it was given do not all belong to one fairseq "
                          "model (a criterion with parameters?); tag them with fairseq_bso.bso.optim.tag_layers")
     return min(found)[2]
 
 
-def _half_model_copied(params):
-    """The trainable parameters of the one live float16/bfloat16 fairseq model whose trainable parameters have the
+def _half_model_copied(params, models):
+    """The trainable parameters of the one float16/bfloat16 model of ``models`` whose trainable parameters have the
     shapes of ``params``, in order (``params`` are then the float32 master copies fairseq's ``FP16Optimizer``
     builds one per parameter under ``--fp16-no-flatten-grads``), tagged by :func:`tag_layers`; else None.
     A single flat float32 vector as long as such a model (``--fp16``'s flat master copy) is refused."""
-    from fairseq.models import BaseFairseqModel
-
     shapes = [tuple(p.shape) for p in params]
     numel = sum(p.numel() for p in params)
     found, flat = {}, False
-    for obj in gc.get_objects():
-        if isinstance(obj, BaseFairseqModel):
-            trainable = [p for p in obj.parameters() if p.requires_grad]
-            if not trainable or any(p.dtype not in (torch.float16, torch.bfloat16) for p in trainable):
-                continue
-            if [tuple(p.shape) for p in trainable] == shapes:
-                found[id(obj)] = (obj, trainable)
-            elif len(params) == 1 and params[0].dim() == 1 and sum(p.numel() for p in trainable) == numel:
-                flat = True
+    for obj in models:
+        trainable = [p for p in obj.parameters() if p.requires_grad]
+        if not trainable or any(p.dtype not in (torch.float16, torch.bfloat16) for p in trainable):
+            continue
+        if [tuple(p.shape) for p in trainable] == shapes:
+            found[id(obj)] = (obj, trainable)
+        elif len(params) == 1 and params[0].dim() == 1 and sum(p.numel() for p in trainable) == numel:
+            flat = True
     if flat and not found:
         raise ValueError("--optimizer bso_adagrad needs one float32 master copy per parameter under --fp16: add "
                          "--fp16-no-flatten-grads (the flat copy has no layers)")
@@ -157,12 +159,13 @@ def group_parameters(params, rates: Dict[str, float]) -> List[dict]:
     """torch parameter groups, one per layer, each with its ``lr`` and ``layer`` name (empty layers left out)."""
     params = list(params)
     if any(not hasattr(p, "bso_layer") for p in params):
-        copied = _half_model_copied(params)
+        models = _live_models()
+        copied = _half_model_copied(params, models)
         if copied is not None:  # FP16Optimizer's float32 master copies take the layers of the half parameters
             for p, half in zip(params, copied):
                 p.bso_layer = half.bso_layer
         else:
-            tag_layers(_owning_model(params))
+            tag_layers(_owning_model(params, models))
     groups = [{"params": [p for p in params if p.bso_layer == layer], "lr": rates[layer], "layer": layer}
               for layer in LAYERS]
     return [g for g in groups if g["params"]]
