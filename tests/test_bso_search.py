@@ -586,3 +586,18 @@ def test_live_slots_only_and_fixed_shape_searches_agree(decoder, score, stop, dr
             assert diff <= rel * scale, f"{name}: live slots only vs fixed shape differ by {diff:.3e} (scale {scale:.3e})"
         else:
             assert torch.equal(a, b), f"{name}: live slots only {a.tolist()} vs fixed shape {b.tolist()}"
+
+
+def test_an_unknown_compact_setting_is_refused(monkeypatch):
+    """COMPACT chooses the search's route: a value it does not know is an error, not a silent fixed shape."""
+    from fairseq_bso.bso import search
+    d = make_dict()
+    model = make_model(d, 0)
+    srcs, golds = random_batch(d, random.Random(0), batch=2)
+    src, target = left_pad(srcs, d.pad()), right_pad(golds, d.pad())
+    monkeypatch.setattr(search, "COMPACT", "gpu")
+    with pytest.raises(ValueError, match="COMPACT must be 'cpu', 'always' or 'never', got 'gpu'"):
+        with torch.no_grad():
+            enc = model.encoder(src, src_lengths=torch.tensor([len(x) for x in srcs]))
+            search.bso_search(model, enc, target, 2, d.pad(), d.eos(), d.bos(), COSTS["zero_one"], score="logit",
+                              gold_kth="self")

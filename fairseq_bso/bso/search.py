@@ -634,6 +634,8 @@ def bso_search(model, encoder_out, target: Tensor, beam_size: int, pad: int, eos
     only_first = torch.zeros(B, K, dtype=torch.bool, device=device)
     only_first[:, 0] = True
     if compact is None:
+        if COMPACT not in ("cpu", "always", "never"):
+            raise ValueError(f"fairseq_bso.bso.search.COMPACT must be 'cpu', 'always' or 'never', got {COMPACT!r}")
         compact = COMPACT == "always" or (COMPACT == "cpu" and device.type == "cpu")
     if not compact:  # every slot reads its sentence's encoder output at every step: repeat it K times once
         encoder_out = model.encoder.reorder_encoder_out(encoder_out, row_sentence)
